@@ -1,0 +1,177 @@
+//! Queries over tagged events and the append condition built from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tag::{EventType, Position, Tag};
+
+/// One alternative of a [`Query`]: an event matches when its type is one of
+/// `types` (or `types` is empty) **and** it carries every tag in `tags`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueryItem {
+    /// Accepted types; empty accepts any type.
+    pub types: Vec<EventType>,
+    /// Required tags; all must be present.
+    pub tags: Vec<Tag>,
+}
+
+impl QueryItem {
+    /// An item that matches every event.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds accepted types.
+    pub fn types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<EventType>,
+    {
+        self.types.extend(types.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds required tags.
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = Tag>,
+    {
+        self.tags.extend(tags);
+        self
+    }
+
+    /// Whether an event of `event_type` with `tags` matches this item.
+    pub fn matches(&self, event_type: &str, tags: &[Tag]) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t.as_str() == event_type))
+            && self.tags.iter().all(|t| tags.contains(t))
+    }
+}
+
+/// A selection of events: a list of [`QueryItem`]s, OR-ed.
+///
+/// [`Query::all`] matches every event; [`Query::none`] (no items) matches none,
+/// which is what a stateless decision reads.
+///
+/// ```
+/// use dcb_core::{Query, QueryItem, Tag};
+/// let q = Query::from_items([
+///     QueryItem::new().types(["Deposited", "Withdrawn"]).tags([Tag::new("account", "a1")]),
+///     QueryItem::new().types(["AccountOpened"]),
+/// ]);
+/// assert!(q.matches("Withdrawn", &[Tag::new("account", "a1"), Tag::new("by", "bob")]));
+/// assert!(!q.matches("Withdrawn", &[Tag::new("account", "a2")]));
+/// assert!(q.matches("AccountOpened", &[]));
+/// assert!(Query::all().matches("Anything", &[]));
+/// assert!(!Query::none().matches("Anything", &[]));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Query {
+    items: Vec<QueryItem>,
+}
+
+impl Query {
+    /// A query that matches every event.
+    pub fn all() -> Self {
+        Query {
+            items: vec![QueryItem::new()],
+        }
+    }
+
+    /// A query that matches no event.
+    pub fn none() -> Self {
+        Query { items: Vec::new() }
+    }
+
+    /// A query from items (OR-ed).
+    pub fn from_items(items: impl IntoIterator<Item = QueryItem>) -> Self {
+        Query {
+            items: items.into_iter().collect(),
+        }
+    }
+
+    /// Events of any of `types`.
+    pub fn types<I, T>(types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<EventType>,
+    {
+        Query::from_items([QueryItem::new().types(types)])
+    }
+
+    /// Events carrying all of `tags`.
+    pub fn tags(tags: impl IntoIterator<Item = Tag>) -> Self {
+        Query::from_items([QueryItem::new().tags(tags)])
+    }
+
+    /// The items.
+    pub fn items(&self) -> &[QueryItem] {
+        &self.items
+    }
+
+    /// Whether this query matches nothing.
+    pub fn is_none(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether this query matches everything (some item has no types and no tags).
+    pub fn is_all(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| i.types.is_empty() && i.tags.is_empty())
+    }
+
+    /// Adds an item (OR).
+    pub fn or(mut self, item: QueryItem) -> Self {
+        self.items.push(item);
+        self
+    }
+
+    /// The union of two queries, dropping duplicate items.
+    pub fn union(mut self, other: Query) -> Self {
+        for item in other.items {
+            if !self.items.contains(&item) {
+                self.items.push(item);
+            }
+        }
+        self
+    }
+
+    /// Whether an event of `event_type` with `tags` matches.
+    pub fn matches(&self, event_type: &str, tags: &[Tag]) -> bool {
+        self.items.iter().any(|i| i.matches(event_type, tags))
+    }
+}
+
+impl FromIterator<QueryItem> for Query {
+    fn from_iter<T: IntoIterator<Item = QueryItem>>(iter: T) -> Self {
+        Query::from_items(iter)
+    }
+}
+
+/// The condition of a conditional append: fail if any event matching
+/// `fail_if_events_match` was recorded after `after` (or at all, when `after`
+/// is `None`, which is how uniqueness checks are written).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppendCondition {
+    /// Events that must not exist (after `after`).
+    pub fail_if_events_match: Query,
+    /// The position the decision read up to; `None` checks the whole log.
+    pub after: Option<Position>,
+}
+
+impl AppendCondition {
+    /// Fails if any event matches `query`, anywhere in the log.
+    pub fn never_matched(query: Query) -> Self {
+        AppendCondition {
+            fail_if_events_match: query,
+            after: None,
+        }
+    }
+
+    /// Fails if an event matching `query` was recorded after `after`.
+    pub fn not_after(query: Query, after: Option<Position>) -> Self {
+        AppendCondition {
+            fail_if_events_match: query,
+            after,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! States a decision reads: a query over a sub-stream of events and a fold.
+
+use crate::event::{DecodeError, Event, SequencedEvent};
+use crate::query::{Query, QueryItem};
+use crate::tag::{EventType, Tag};
+
+/// A state built from events: it says which events it needs ([`StateQuery::query`])
+/// and, through [`StateMutate`], how each one changes it.
+///
+/// Implement it with `#[derive(StateQuery)]` and `#[state_query(Stream)]`:
+/// the query asks for every event type of `Stream`, each tagged with those of
+/// the state's `#[id]` fields that the event type carries. A state value is
+/// created with its ids filled in (usually by the decision) and folded from
+/// there.
+pub trait StateQuery: Send + Sync + 'static {
+    /// A stable name, used in snapshot keys and traces.
+    const NAME: &'static str;
+
+    /// The events this state folds (usually a `#[stream]` sub-enum).
+    type Event: Event;
+
+    /// The events this state needs.
+    fn query(&self) -> Query;
+}
+
+/// How events change a state: the fold.
+pub trait StateMutate: StateQuery {
+    /// Applies one event.
+    fn mutate(&mut self, event: Self::Event);
+}
+
+/// Builds the query of a state over event enum `E` with the given id tags:
+/// one item per group of event types that carry the same subset of those tags.
+///
+/// This is what `#[derive(StateQuery)]` calls; it is public for hand-written
+/// states.
+///
+/// ```
+/// use dcb_core::{state_query_for, Event, EventSchema, EventType, Tag, CodecError, Query};
+/// # struct Ev;
+/// # impl Event for Ev {
+/// #     const SCHEMA: &'static [EventSchema] = &[
+/// #         EventSchema { event_type: "Opened", tag_keys: &["account"] },
+/// #         EventSchema { event_type: "RatesChanged", tag_keys: &[] },
+/// #     ];
+/// #     fn event_type(&self) -> EventType { unimplemented!() }
+/// #     fn tags(&self) -> Vec<Tag> { vec![] }
+/// #     fn encode(&self) -> Result<Vec<u8>, CodecError> { Ok(vec![]) }
+/// #     fn decode(_: &str, _: &[u8]) -> Result<Self, CodecError> { Ok(Ev) }
+/// # }
+/// let q = state_query_for::<Ev>(&[Tag::new("account", "a1")]);
+/// assert!(q.matches("Opened", &[Tag::new("account", "a1")]));
+/// assert!(!q.matches("Opened", &[Tag::new("account", "a2")]));
+/// // a type without the `account` tag is read whole
+/// assert!(q.matches("RatesChanged", &[]));
+/// ```
+pub fn state_query_for<E: Event>(ids: &[Tag]) -> Query {
+    let mut items: Vec<QueryItem> = Vec::new();
+    for schema in E::SCHEMA {
+        let tags: Vec<Tag> = ids
+            .iter()
+            .filter(|t| schema.tag_keys.contains(&t.key()))
+            .cloned()
+            .collect();
+        let ty = EventType::from_static(schema.event_type);
+        match items.iter_mut().find(|i| i.tags == tags) {
+            Some(item) => {
+                if !item.types.contains(&ty) {
+                    item.types.push(ty)
+                }
+            }
+            None => items.push(QueryItem {
+                types: vec![ty],
+                tags,
+            }),
+        }
+    }
+    Query::from_items(items)
+}
+
+/// What a decision reads: one state, a tuple of states, or `()` for a
+/// stateless decision.
+///
+/// The queries of a tuple's members are unioned into one read; each event is
+/// folded into every member whose own query matches it.
+pub trait DecisionState: Send + Sync + 'static {
+    /// One query per member, in order.
+    fn queries(&self) -> Vec<Query>;
+
+    /// Folds `event` into the members whose query (from `queries`, same order)
+    /// matches it.
+    ///
+    /// # Errors
+    /// The event does not decode as a member's event type.
+    fn apply(&mut self, event: &SequencedEvent, queries: &[Query]) -> Result<(), DecodeError>;
+
+    /// The union of the members' queries.
+    fn query(&self) -> Query {
+        self.queries()
+            .into_iter()
+            .fold(Query::none(), |acc, q| acc.union(q))
+    }
+}
+
+fn fold_member<S: StateMutate>(state: &mut S, event: &SequencedEvent) -> Result<(), DecodeError> {
+    let decoded = event.decode::<S::Event>()?;
+    state.mutate(decoded.event);
+    Ok(())
+}
+
+impl<S: StateMutate> DecisionState for S {
+    fn queries(&self) -> Vec<Query> {
+        vec![self.query()]
+    }
+
+    fn apply(&mut self, event: &SequencedEvent, queries: &[Query]) -> Result<(), DecodeError> {
+        if queries[0].matches(event.event_type().as_str(), event.tags()) {
+            fold_member(self, event)?;
+        }
+        Ok(())
+    }
+}
+
+impl DecisionState for () {
+    fn queries(&self) -> Vec<Query> {
+        Vec::new()
+    }
+
+    fn apply(&mut self, _event: &SequencedEvent, _queries: &[Query]) -> Result<(), DecodeError> {
+        Ok(())
+    }
+}
+
+macro_rules! tuple_state {
+    ($($name:ident $idx:tt),+) => {
+        impl<$($name: StateMutate),+> DecisionState for ($($name,)+) {
+            fn queries(&self) -> Vec<Query> {
+                vec![$(self.$idx.query()),+]
+            }
+
+            fn apply(&mut self, event: &SequencedEvent, queries: &[Query]) -> Result<(), DecodeError> {
+                $(
+                    if queries[$idx].matches(event.event_type().as_str(), event.tags()) {
+                        fold_member(&mut self.$idx, event)?;
+                    }
+                )+
+                Ok(())
+            }
+        }
+    };
+}
+
+tuple_state!(A 0, B 1);
+tuple_state!(A 0, B 1, C 2);
+tuple_state!(A 0, B 1, C 2, D 3);
+tuple_state!(A 0, B 1, C 2, D 3, E 4);

@@ -1,0 +1,1 @@
+//! PostgreSQL backend for dcb (in progress).
