@@ -92,6 +92,18 @@ impl RetryPolicy {
     }
 }
 
+/// What a reader does with a stored event whose type its event enum does not
+/// know (an event type added by a newer version of the application, say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum UnknownEventPolicy {
+    /// Fail with an error naming the type and position (the default: a state
+    /// folded without an event it should have seen would be wrong silently).
+    #[default]
+    Error,
+    /// Skip it with a warning in the trace.
+    Skip,
+}
+
 /// Per-call options: idempotency key and metadata for the appended events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MakeOptions {
@@ -179,6 +191,7 @@ impl<E: std::error::Error + 'static> DecisionError<E> {
 pub struct DecisionMaker<S> {
     store: S,
     retry: RetryPolicy,
+    unknown_events: UnknownEventPolicy,
 }
 
 impl<S: EventStore> DecisionMaker<S> {
@@ -187,7 +200,15 @@ impl<S: EventStore> DecisionMaker<S> {
         DecisionMaker {
             store,
             retry: RetryPolicy::default(),
+            unknown_events: UnknownEventPolicy::default(),
         }
+    }
+
+    /// Sets what happens when a state's query returns an event type its
+    /// event enum does not know.
+    pub fn on_unknown_events(mut self, policy: UnknownEventPolicy) -> Self {
+        self.unknown_events = policy;
+        self
     }
 
     /// Replaces the retry policy.
@@ -292,7 +313,15 @@ impl<S: EventStore> DecisionMaker<S> {
                 if key_tag.is_some_and(|t| event.tags().contains(t)) {
                     earlier.push(event.decode::<D::Event>()?);
                 } else if earlier.is_empty() {
-                    state.apply(&event, &queries)?;
+                    match state.apply(&event, &queries) {
+                        Err(e)
+                            if self.unknown_events == UnknownEventPolicy::Skip
+                                && matches!(e.source, CodecError::UnknownType(_)) =>
+                        {
+                            tracing::warn!(error = %e, "skipping an event of unknown type");
+                        }
+                        other => other?,
+                    }
                 }
             }
         } else if needs_head {

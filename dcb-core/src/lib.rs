@@ -13,7 +13,8 @@ mod tag;
 
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use decision::{
-    Decided, Decision, DecisionError, DecisionMaker, MakeOptions, RetryPolicy, IDEMPOTENCY_TAG_KEY,
+    Decided, Decision, DecisionError, DecisionMaker, MakeOptions, RetryPolicy, UnknownEventPolicy,
+    IDEMPOTENCY_TAG_KEY,
 };
 pub use event::{
     DecodeError, Event, EventMetadata, EventRecord, EventSchema, Sequenced, SequencedEvent,
