@@ -1,0 +1,8 @@
+use dcb_core::Event;
+
+#[derive(Event)]
+enum Wrapped<T> {
+    Happened { value: T },
+}
+
+fn main() {}

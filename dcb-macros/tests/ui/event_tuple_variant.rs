@@ -1,0 +1,8 @@
+use dcb_core::Event;
+
+#[derive(Event)]
+enum CartEvent {
+    Created(String),
+}
+
+fn main() {}

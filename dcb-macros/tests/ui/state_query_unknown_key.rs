@@ -1,0 +1,18 @@
+use dcb_core::{Event, StateQuery};
+
+#[derive(Event)]
+enum CartEvent {
+    Created {
+        #[id]
+        cart_id: String,
+    },
+}
+
+#[derive(StateQuery)]
+#[state_query(CartEvent, name = "Cart")]
+struct Cart {
+    #[id]
+    cart_id: String,
+}
+
+fn main() {}
