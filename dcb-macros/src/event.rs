@@ -718,6 +718,8 @@ fn gen_stream_enum(model: &EventEnum<'_>, stream: &Stream) -> TokenStream {
         #[doc = #doc]
         #[doc = ""]
         #[doc = #doc2]
+        // The variant names are the parent's: lints about them belong there.
+        #[allow(clippy::enum_variant_names)]
         #[derive(
             ::dcb_core::__private::std::fmt::Debug,
             ::dcb_core::__private::std::clone::Clone

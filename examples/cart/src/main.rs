@@ -14,6 +14,8 @@ use dcb_core::{
 use uuid::Uuid;
 
 /// The cart's events (a subset of the full example's).
+// The event names are the book's; the shared prefix is part of them.
+#[allow(clippy::enum_variant_names)]
 #[derive(Event, Debug, Clone, PartialEq)]
 #[stream(CartStream, [CartCreated, CartItemAdded, CartItemRemoved, CartSubmitted])]
 enum CartEvent {
