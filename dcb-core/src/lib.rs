@@ -7,9 +7,11 @@ mod event;
 mod listener;
 mod memory;
 mod query;
+pub mod runner;
 mod state;
 mod store;
 mod tag;
+pub mod testing;
 
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use decision::{
