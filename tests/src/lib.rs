@@ -30,3 +30,9 @@
 //! ```
 
 pub mod contract;
+
+/// The workspace README's code, compiled and run as a doctest so the taste it
+/// gives never goes stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;
