@@ -432,7 +432,11 @@ impl InMemoryRunner {
                 poke: Notify::new(),
             });
             let previous = listeners.insert(registered.id.clone(), slot);
-            assert!(previous.is_none(), "listener id {:?} is registered twice", registered.id);
+            assert!(
+                previous.is_none(),
+                "listener id {:?} is registered twice",
+                registered.id
+            );
         }
         let shared = Arc::new(Shared {
             store: self.store.clone(),
@@ -486,7 +490,10 @@ async fn run_listener(
             registered.handler.reset();
             position = 0;
             failing = None;
-            slot.parked.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            slot.parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             {
                 let mut status = slot.status();
                 status.attempts = 0;
@@ -506,7 +513,9 @@ async fn run_listener(
             .store
             .read(
                 &registered.query,
-                ReadOptions::forwards().after(Position(position)).limit(batch_size),
+                ReadOptions::forwards()
+                    .after(Position(position))
+                    .limit(batch_size),
             )
             .await;
         let Ok((log_head, events)) = (match read {
@@ -540,16 +549,15 @@ async fn run_listener(
                             %error,
                             "parked event after repeated failures"
                         );
-                        slot.parked
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(MemoryParkedEvent {
+                        slot.parked.lock().unwrap_or_else(|e| e.into_inner()).push(
+                            MemoryParkedEvent {
                                 position: at,
                                 event_type: event.event_type().clone(),
                                 error,
                                 attempts,
                                 parked_at: Utc::now(),
-                            });
+                            },
+                        );
                         failing = None;
                         position = at.0;
                         {
@@ -647,7 +655,10 @@ pub struct MemoryRunnerHandle {
 impl std::fmt::Debug for MemoryRunnerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryRunnerHandle")
-            .field("listeners", &self.shared.listeners.keys().collect::<Vec<_>>())
+            .field(
+                "listeners",
+                &self.shared.listeners.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -773,7 +784,14 @@ impl MemoryRunnerHandle {
         F: FnMut(&MemoryRebuildProgress) + Send,
     {
         let slot = self.slot(id)?;
-        let target = self.shared.store.head().await.ok().flatten().unwrap_or(Position(0));
+        let target = self
+            .shared
+            .store
+            .head()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(Position(0));
         let started = Instant::now();
         let handled_before = slot.status().handled;
         self.reset(id).await?;
@@ -789,7 +807,13 @@ impl MemoryRunnerHandle {
                 events_per_sec: events_done as f64 / elapsed.as_secs_f64().max(1e-6),
                 elapsed,
             };
-            tracing::info!(listener = id, position, target = target.0, events_done, "rebuild progress");
+            tracing::info!(
+                listener = id,
+                position,
+                target = target.0,
+                events_done,
+                "rebuild progress"
+            );
             progress(&report);
             if position >= target.0 {
                 return Ok(report);
@@ -903,7 +927,10 @@ mod tests {
             .read_model("sum", sum.clone())
             .build();
         let task = tokio::spawn(runner.run());
-        let appended = store.append((1..=10).map(num).collect(), None).await.unwrap();
+        let appended = store
+            .append((1..=10).map(num).collect(), None)
+            .await
+            .unwrap();
         handle.wait_until("sum", appended.last).await.unwrap();
         assert_eq!(sum.read().unwrap().0, 55);
         let done = handle
@@ -937,7 +964,10 @@ mod tests {
             )
             .build();
         let task = tokio::spawn(runner.run());
-        let appended = store.append((1..=9).map(num).collect(), None).await.unwrap();
+        let appended = store
+            .append((1..=9).map(num).collect(), None)
+            .await
+            .unwrap();
         handle
             .wait_until_timeout("fails-on", appended.last, Duration::from_secs(5))
             .await
@@ -971,7 +1001,10 @@ mod tests {
             )
             .build();
         let task = tokio::spawn(runner.run());
-        let appended = store.append((1..=6).map(num).collect(), None).await.unwrap();
+        let appended = store
+            .append((1..=6).map(num).collect(), None)
+            .await
+            .unwrap();
         let err = handle
             .wait_until_timeout("fails-on", appended.last, Duration::from_millis(200))
             .await

@@ -1,1 +1,18 @@
-//! PostgreSQL backend for dcb (in progress).
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod error;
+#[cfg(test)]
+mod explain_tests;
+pub mod listener;
+pub mod migrations;
+pub mod queue;
+mod row;
+mod sql;
+mod store;
+pub mod testing;
+mod writer;
+
+pub use store::{
+    PgEventStore, PgEventStoreBuilder, DEFAULT_MAX_BATCH_SIZE, DEFAULT_SCHEMA, READ_PAGE_SIZE,
+};

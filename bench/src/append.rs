@@ -1,0 +1,406 @@
+//! The `append` workload: decisions through the Postgres event store on
+//! disjoint and on hot boundaries, a raw INSERT baseline at the same
+//! concurrency, and the same decisions on an empty and on a preloaded log.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dcb_core::{
+    Decided, DecisionError, DecisionMaker, Event, EventRecord, EventStore, RetryPolicy,
+};
+use uuid::Uuid;
+
+use crate::baseline;
+use crate::cart::{last_line, AddItem, AddLine, CartCreated, CartEvent, ItemAdded, MAX_ITEMS};
+use crate::cli::Args;
+use crate::db::{Db, PgEventStore};
+use crate::report::Row;
+use crate::runner::{run_timed, WARMUP};
+use crate::stats::{Measured, OpOutcome};
+
+/// Callers of the disjoint variant (and connections of the baseline).
+pub const DISJOINT_CONCURRENCY: [usize; 4] = [1, 8, 32, 64];
+/// Callers of the contended variant.
+pub const CONTENDED_CONCURRENCY: [usize; 2] = [8, 32];
+/// Hot boundaries of the contended variant.
+pub const HOT_BOUNDARIES: usize = 4;
+/// A hot cart is replaced by a fresh one after this many lines, so the state
+/// a decision reads stays the size of a busy cart instead of growing for the
+/// whole run; there are always exactly [`HOT_BOUNDARIES`] hot carts.
+pub const HOT_CART_LINES: u32 = 100;
+/// Callers of the preloaded variant.
+pub const PRELOADED_CONCURRENCY: usize = 8;
+/// Events per append while preloading.
+pub const PRELOAD_BATCH: usize = 5_000;
+/// Appends in flight while preloading.
+pub const PRELOAD_LOADERS: usize = 2;
+
+const WORKLOAD: &str = "append";
+
+/// Connections for a store serving `callers`: one per caller plus the writer.
+fn store_connections(callers: usize) -> u32 {
+    callers as u32 + 2
+}
+
+fn say(line: &str) {
+    eprintln!("[dcb-bench] {line}");
+}
+
+/// Runs every variant of the workload, pushing rows into `rows` as they are
+/// measured (so an error part way still leaves the earlier rows).
+///
+/// # Errors
+/// The first failure of any variant.
+pub async fn run(db: &Db, args: &Args, rows: &mut Vec<Row>) -> Result<(), String> {
+    let window = Duration::from_secs_f64(args.seconds);
+    let first_row = rows.len();
+    let result = run_variants(db, args, window, rows).await;
+    // Decisions first, then their baselines, then the preloaded pair, however
+    // far the run got.
+    rows[first_row..].sort_by_key(|r| variant_rank(&r.variant));
+    result
+}
+
+fn variant_rank(variant: &str) -> u8 {
+    match variant {
+        "disjoint" => 0,
+        "contended" => 1,
+        "raw_insert" => 2,
+        _ => 3,
+    }
+}
+
+async fn run_variants(
+    db: &Db,
+    args: &Args,
+    window: Duration,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    // (a) + (c): each concurrency's baseline right next to its decisions, so
+    // both see the same load on a shared machine.
+    for &c in &DISJOINT_CONCURRENCY {
+        say(&format!("raw_insert: {c} connection(s)"));
+        let raw = baseline::raw_insert(db, c, window).await?;
+        let raw_row = row("raw_insert", c, &raw);
+        let raw_ops = raw_row.ops_per_s;
+        say(&format!("  {raw_ops:.0} inserts/s"));
+
+        say(&format!("disjoint: {c} caller(s)"));
+        let store = db
+            .open_store(&format!("disjoint_c{c}"), store_connections(c))
+            .await?;
+        let measured = disjoint(&store, c, window).await;
+        db.close_store(store).await?;
+        let mut decided = row("disjoint", c, &measured?);
+        decided.compare_with(raw_ops);
+        say(&format!(
+            "  {:.0} decisions/s ({:.2}x raw)",
+            decided.ops_per_s,
+            decided.ratio.unwrap_or(0.0)
+        ));
+        rows.push(raw_row);
+        rows.push(decided);
+    }
+
+    // (b) hot boundaries.
+    for &c in &CONTENDED_CONCURRENCY {
+        say(&format!(
+            "contended: {c} callers on {HOT_BOUNDARIES} hot carts"
+        ));
+        let store = db
+            .open_store(&format!("contended_c{c}"), store_connections(c))
+            .await?;
+        let measured = contended(&store, c, window).await;
+        db.close_store(store).await?;
+        let measured = measured?;
+        if measured.give_ups > 0 {
+            say(&format!(
+                "  WARNING: {} decisions gave up",
+                measured.give_ups
+            ));
+        }
+        let r = row("contended", c, &measured);
+        say(&format!(
+            "  {:.0} decisions/s, {:.1}% of attempts conflicted",
+            r.ops_per_s,
+            r.conflict_rate.unwrap_or(0.0) * 100.0
+        ));
+        rows.push(r);
+    }
+
+    // (d) the same decisions on an empty and on a preloaded log.
+    if args.preload > 0 {
+        preloaded(db, args.preload, window, rows).await?;
+    }
+    Ok(())
+}
+
+fn row(variant: &str, concurrency: usize, m: &Measured) -> Row {
+    Row {
+        workload: WORKLOAD.to_string(),
+        variant: variant.to_string(),
+        concurrency,
+        ops_per_s: m.ops_per_s(),
+        events_per_s: Some(m.events_per_s()),
+        conflict_rate: m.conflict_rate(),
+        p50_ms: m.percentile_ms(0.50),
+        p99_ms: m.percentile_ms(0.99),
+        baseline_ops_per_s: None,
+        ratio: None,
+    }
+}
+
+/// Turns a decision's result into an outcome; a give-up is an outcome, any
+/// other failure stops the run.
+fn outcome<E: std::error::Error>(
+    result: Result<Decided<CartEvent>, DecisionError<E>>,
+) -> Result<OpOutcome, String> {
+    match result {
+        Ok(d) => Ok(OpOutcome {
+            events: d.events.len() as u64,
+            attempts: d.attempts,
+            gave_up: false,
+        }),
+        Err(DecisionError::Conflict { attempts }) => Ok(OpOutcome {
+            events: 0,
+            attempts,
+            gave_up: true,
+        }),
+        Err(e) => Err(format!("decision failed: {e}")),
+    }
+}
+
+fn product() -> (u32, u32) {
+    (fastrand::u32(1..100_000), fastrand::u32(100..100_000))
+}
+
+/// (a) Each caller adds [`MAX_ITEMS`] items to a cart of its own, then moves
+/// to a fresh cart: decisions never share a boundary.
+async fn disjoint(
+    store: &PgEventStore,
+    concurrency: usize,
+    window: Duration,
+) -> Result<Measured, String> {
+    let maker = Arc::new(DecisionMaker::new(store.clone()));
+    run_timed(concurrency, WARMUP, window, |_| {
+        let maker = maker.clone();
+        let mut cart_id = Uuid::new_v4();
+        let mut items = 0;
+        move || {
+            if items == MAX_ITEMS {
+                cart_id = Uuid::new_v4();
+                items = 0;
+            }
+            items += 1;
+            let (product_id, price_cents) = product();
+            let decision = AddItem {
+                cart_id,
+                product_id,
+                price_cents,
+            };
+            let maker = maker.clone();
+            async move { outcome(maker.make(decision).await) }
+        }
+    })
+    .await
+}
+
+/// (b) Callers share [`HOT_BOUNDARIES`] carts (caller `i` on cart `i % 4`)
+/// and add lines with no cap; the retry policy never gives up in practice.
+async fn contended(
+    store: &PgEventStore,
+    concurrency: usize,
+    window: Duration,
+) -> Result<Measured, String> {
+    let retry = RetryPolicy {
+        max_attempts: 10_000,
+        ..RetryPolicy::default()
+    };
+    let maker = Arc::new(DecisionMaker::new(store.clone()).with_retry(retry));
+    let hot: Arc<Vec<Mutex<Uuid>>> = Arc::new(
+        (0..HOT_BOUNDARIES)
+            .map(|_| Mutex::new(Uuid::new_v4()))
+            .collect(),
+    );
+    run_timed(concurrency, WARMUP, window, |i| {
+        let maker = maker.clone();
+        let hot = hot.clone();
+        let slot = i % HOT_BOUNDARIES;
+        move || {
+            let cart_id = *hot[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let (product_id, price_cents) = product();
+            let decision = AddLine {
+                cart_id,
+                product_id,
+                price_cents,
+            };
+            let maker = maker.clone();
+            let hot = hot.clone();
+            async move {
+                let result = maker.make(decision).await;
+                if let Ok(d) = &result {
+                    if last_line(&d.events) >= HOT_CART_LINES {
+                        let mut current = hot[slot].lock().unwrap_or_else(|e| e.into_inner());
+                        if *current == cart_id {
+                            *current = Uuid::new_v4();
+                        }
+                    }
+                }
+                outcome(result)
+            }
+        }
+    })
+    .await
+}
+
+/// A readable size: `1m`, `250k`, `1234`.
+fn short_count(n: u64) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}m", n / 1_000_000)
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// (d) Disjoint decisions at [`PRELOADED_CONCURRENCY`] callers on an empty
+/// store, then on the same store after loading `events` events.
+async fn preloaded(
+    db: &Db,
+    events: u64,
+    window: Duration,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let c = PRELOADED_CONCURRENCY;
+    let store = db.open_store("preloaded", store_connections(c)).await?;
+    let result = async {
+        say(&format!("preloaded: {c} callers on an empty store"));
+        let empty = row("preloaded_empty", c, &disjoint(&store, c, window).await?);
+        say(&format!("  {:.0} decisions/s", empty.ops_per_s));
+
+        let n = short_count(events);
+        say(&format!("preloaded: loading {events} events..."));
+        let started = Instant::now();
+        preload(&store, events).await?;
+        db.settle_schema(store.schema()).await?;
+        say(&format!(
+            "  loaded, vacuumed, analyzed and checkpointed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+
+        say(&format!("preloaded: {c} callers after {n} events"));
+        let mut full = row(
+            &format!("preloaded_{n}"),
+            c,
+            &disjoint(&store, c, window).await?,
+        );
+        full.compare_with(empty.ops_per_s);
+        say(&format!(
+            "  {:.0} decisions/s ({:.2}x empty)",
+            full.ops_per_s,
+            full.ratio.unwrap_or(0.0)
+        ));
+        rows.push(empty);
+        rows.push(full);
+        Ok::<_, String>(())
+    }
+    .await;
+    db.close_store(store).await?;
+    result
+}
+
+/// The events of one preloaded cart: created, then two items.
+fn preload_cart() -> [CartEvent; 3] {
+    let cart_id = Uuid::new_v4();
+    let item = |line| {
+        let (product_id, price_cents) = product();
+        CartEvent::ItemAdded(ItemAdded {
+            cart_id,
+            item_id: Uuid::new_v4(),
+            product_id,
+            price_cents,
+            line,
+        })
+    };
+    [
+        CartEvent::CartCreated(CartCreated { cart_id }),
+        item(1),
+        item(2),
+    ]
+}
+
+/// Appends `total` cart events (about `total / 3` carts) in batches of
+/// [`PRELOAD_BATCH`], [`PRELOAD_LOADERS`] appends in flight.
+async fn preload(store: &PgEventStore, total: u64) -> Result<(), String> {
+    let batches = total.div_ceil(PRELOAD_BATCH as u64);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut loaders = tokio::task::JoinSet::new();
+    for _ in 0..PRELOAD_LOADERS {
+        let store = store.clone();
+        let next = next.clone();
+        loaders.spawn(async move {
+            loop {
+                let batch = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if batch >= batches {
+                    return Ok::<_, String>(());
+                }
+                let len = (total - batch * PRELOAD_BATCH as u64).min(PRELOAD_BATCH as u64) as usize;
+                let mut records: Vec<EventRecord> = Vec::with_capacity(len);
+                while records.len() < len {
+                    for event in preload_cart() {
+                        if records.len() < len {
+                            records.push(event.to_record().map_err(|e| e.to_string())?);
+                        }
+                    }
+                }
+                store
+                    .append(records, None)
+                    .await
+                    .map_err(|e| format!("preload append: {e}"))?;
+                let done = (batch + 1) * PRELOAD_BATCH as u64;
+                if done.is_multiple_of(100_000) {
+                    say(&format!("  {} events", done.min(total)));
+                }
+            }
+        });
+    }
+    while let Some(joined) = loaders.join_next().await {
+        joined.map_err(|e| format!("a preload task failed: {e}"))??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_counts() {
+        assert_eq!(short_count(1_000_000), "1m");
+        assert_eq!(short_count(250_000), "250k");
+        assert_eq!(short_count(1_234), "1234");
+    }
+
+    #[test]
+    fn rows_sort_decisions_then_baselines_then_preloaded() {
+        let mut variants = [
+            "raw_insert",
+            "disjoint",
+            "preloaded_empty",
+            "contended",
+            "preloaded_1m",
+        ];
+        variants.sort_by_key(|v| variant_rank(v));
+        assert_eq!(
+            variants,
+            [
+                "disjoint",
+                "contended",
+                "raw_insert",
+                "preloaded_empty",
+                "preloaded_1m"
+            ]
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Command-line parsing: `dcb-bench <workload> [--seconds N] [--json PATH] [--preload N]`.
+
+use std::path::PathBuf;
+
+/// One workload of the bench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Decisions through the Postgres event store against raw INSERTs.
+    Append,
+    /// Listeners following the log (not implemented yet).
+    Listener,
+    /// The Postgres work queue (not implemented yet).
+    Queue,
+    /// The Kafka relay (not implemented yet).
+    Relay,
+    /// Every implemented workload, one after the other.
+    All,
+}
+
+impl Workload {
+    /// Every workload name the CLI accepts, in the order `--help` lists them.
+    pub const NAMES: [&'static str; 5] = ["append", "listener", "queue", "relay", "all"];
+
+    fn parse(name: &str) -> Option<Workload> {
+        Some(match name {
+            "append" => Workload::Append,
+            "listener" => Workload::Listener,
+            "queue" => Workload::Queue,
+            "relay" => Workload::Relay,
+            "all" => Workload::All,
+            _ => return None,
+        })
+    }
+
+    /// The name as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Append => "append",
+            Workload::Listener => "listener",
+            Workload::Queue => "queue",
+            Workload::Relay => "relay",
+            Workload::All => "all",
+        }
+    }
+
+    /// Whether this workload can run yet.
+    pub fn implemented(self) -> bool {
+        matches!(self, Workload::Append | Workload::All)
+    }
+}
+
+/// The parsed command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Args {
+    /// What to run.
+    pub workload: Workload,
+    /// How long each variant is measured, in seconds (after a warm-up).
+    pub seconds: f64,
+    /// Where to write the JSON rows, if anywhere.
+    pub json: Option<PathBuf>,
+    /// How many events the `preloaded` variant loads (0 skips it).
+    pub preload: u64,
+}
+
+/// The default measuring time per variant, in seconds.
+pub const DEFAULT_SECONDS: f64 = 10.0;
+/// The default size of the preloaded log.
+pub const DEFAULT_PRELOAD: u64 = 1_000_000;
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Run a workload.
+    Run(Args),
+    /// Print the usage text.
+    Help,
+}
+
+/// The usage text.
+pub fn usage() -> String {
+    format!(
+        "usage: dcb-bench <workload> [--seconds N] [--json PATH] [--preload N]\n\
+         \n\
+         workloads: {}\n\
+         \n\
+         options:\n\
+         \x20 --seconds N   measure each variant for N seconds after a ~1 s warm-up (default {})\n\
+         \x20 --json PATH   also write the rows as a JSON array to PATH\n\
+         \x20 --preload N   events loaded for the append/preloaded variant (default {}; 0 skips it)\n\
+         \n\
+         The database comes from DATABASE_URL (PostgreSQL 15+). Every run works in fresh\n\
+         schemas named bench_<random>... and drops them when it ends.",
+        Workload::NAMES.join(", "),
+        DEFAULT_SECONDS,
+        DEFAULT_PRELOAD
+    )
+}
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+/// A message for the user when the arguments do not fit the usage.
+pub fn parse<I, S>(args: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut workload = None;
+    let mut seconds = DEFAULT_SECONDS;
+    let mut json = None;
+    let mut preload = DEFAULT_PRELOAD;
+    let mut it = args.into_iter().map(Into::into);
+    while let Some(arg) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--seconds" => {
+                let v = value("--seconds")?;
+                seconds = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| format!("--seconds wants a positive number, got {v:?}"))?;
+            }
+            "--json" => json = Some(PathBuf::from(value("--json")?)),
+            "--preload" => {
+                let v = value("--preload")?;
+                preload = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("--preload wants a whole number of events, got {v:?}"))?;
+            }
+            f if f.starts_with('-') => return Err(format!("unknown option {f}")),
+            name => {
+                if workload.is_some() {
+                    return Err(format!("unexpected argument {name:?}: give one workload"));
+                }
+                workload = Some(Workload::parse(name).ok_or_else(|| {
+                    format!(
+                        "unknown workload {name:?}: expected one of {}",
+                        Workload::NAMES.join(", ")
+                    )
+                })?);
+            }
+        }
+    }
+    let workload = workload.ok_or_else(|| "no workload given".to_string())?;
+    Ok(Command::Run(Args {
+        workload,
+        seconds,
+        json,
+        preload,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Args {
+        match parse(args.iter().copied()).unwrap() {
+            Command::Run(a) => a,
+            Command::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let a = run(&["append"]);
+        assert_eq!(a.workload, Workload::Append);
+        assert_eq!(a.seconds, DEFAULT_SECONDS);
+        assert_eq!(a.json, None);
+        assert_eq!(a.preload, DEFAULT_PRELOAD);
+    }
+
+    #[test]
+    fn options_in_both_spellings() {
+        let a = run(&["--seconds", "3", "all", "--json=out.json", "--preload=0"]);
+        assert_eq!(a.workload, Workload::All);
+        assert_eq!(a.seconds, 3.0);
+        assert_eq!(a.json, Some(PathBuf::from("out.json")));
+        assert_eq!(a.preload, 0);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(parse(["nope"]).unwrap_err().contains("unknown workload"));
+        assert!(parse(Vec::<String>::new())
+            .unwrap_err()
+            .contains("no workload"));
+        assert!(parse(["append", "--seconds"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse(["append", "--seconds", "0"]).is_err());
+        assert!(parse(["append", "--bogus"])
+            .unwrap_err()
+            .contains("unknown option"));
+        assert!(parse(["append", "queue"]).is_err());
+        assert_eq!(parse(["--help"]).unwrap(), Command::Help);
+    }
+
+    #[test]
+    fn only_append_and_all_are_implemented() {
+        assert!(Workload::Append.implemented());
+        assert!(Workload::All.implemented());
+        assert!(!Workload::Listener.implemented());
+        assert!(!Workload::Queue.implemented());
+        assert!(!Workload::Relay.implemented());
+    }
+}

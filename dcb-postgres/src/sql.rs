@@ -1,0 +1,242 @@
+//! Generates the SQL of reads and condition checks from a [`Query`].
+//!
+//! Every statement binds its values; only the (validated) schema name is
+//! spliced into the text. The shapes:
+//! - a tagged item probes the `event_tags` primary key with its first tag
+//!   (and its types, if any) and re-checks its other tags on `events`;
+//! - a type-only item uses the `events (event_type, position)` index;
+//! - a match-all item scans `events` by position.
+
+use dcb_core::{Query, QueryItem};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query as SqlxQuery;
+use sqlx::Postgres;
+
+/// A value bound to a statement.
+#[derive(Clone, Debug)]
+pub(crate) enum Bind {
+    /// A bigint.
+    I64(i64),
+    /// A text.
+    Text(String),
+    /// A text array.
+    TextArray(Vec<String>),
+    /// A uuid array.
+    UuidArray(Vec<uuid::Uuid>),
+}
+
+/// SQL text under construction, with its bound values.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sql {
+    /// The statement.
+    pub(crate) text: String,
+    /// The values of `$1..`, in order.
+    pub(crate) binds: Vec<Bind>,
+}
+
+impl Sql {
+    /// Binds `value` and returns its placeholder.
+    pub(crate) fn bind(&mut self, value: Bind) -> String {
+        self.binds.push(value);
+        format!("${}", self.binds.len())
+    }
+
+    /// Appends text.
+    pub(crate) fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+    }
+
+    /// A sqlx query over this statement with its values bound.
+    pub(crate) fn query(&self) -> SqlxQuery<'_, Postgres, PgArguments> {
+        bind_all(sqlx::query(&self.text), &self.binds)
+    }
+}
+
+/// Binds `binds` to `query` in order.
+pub(crate) fn bind_all<'q>(
+    mut query: SqlxQuery<'q, Postgres, PgArguments>,
+    binds: &[Bind],
+) -> SqlxQuery<'q, Postgres, PgArguments> {
+    for bind in binds {
+        query = match bind {
+            Bind::I64(v) => query.bind(*v),
+            Bind::Text(v) => query.bind(v.clone()),
+            Bind::TextArray(v) => query.bind(v.clone()),
+            Bind::UuidArray(v) => query.bind(v.clone()),
+        };
+    }
+    query
+}
+
+/// A position range, as SQL over placeholders (already bound).
+#[derive(Clone, Debug)]
+pub(crate) struct Range {
+    /// Lowest position, inclusive (placeholder), if bounded.
+    pub(crate) min: Option<String>,
+    /// Highest position, inclusive (placeholder), if bounded.
+    pub(crate) max: Option<String>,
+}
+
+impl Range {
+    fn predicate(&self, column: &str) -> String {
+        let mut parts = Vec::new();
+        if let Some(min) = &self.min {
+            parts.push(format!("{column} >= {min}"));
+        }
+        if let Some(max) = &self.max {
+            parts.push(format!("{column} <= {max}"));
+        }
+        if parts.is_empty() {
+            "true".to_string()
+        } else {
+            parts.join(" AND ")
+        }
+    }
+}
+
+fn types_of(item: &QueryItem) -> Vec<String> {
+    let mut types: Vec<String> = item.types.iter().map(|t| t.as_str().to_string()).collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+fn type_predicate(sql: &mut Sql, column: &str, types: Vec<String>) -> String {
+    if types.len() == 1 {
+        let p = sql.bind(Bind::Text(types.into_iter().next().unwrap_or_default()));
+        format!("{column} = {p}")
+    } else {
+        let p = sql.bind(Bind::TextArray(types));
+        format!("{column} = ANY({p})")
+    }
+}
+
+/// `SELECT <position> FROM ... WHERE <item matches> AND <range>` for one item
+/// that has tags or types (never a match-all item).
+pub(crate) fn item_positions(
+    sql: &mut Sql,
+    schema: &str,
+    item: &QueryItem,
+    range: &Range,
+) -> String {
+    let types = types_of(item);
+    if item.tags.is_empty() {
+        let types = type_predicate(sql, "e.event_type", types);
+        return format!(
+            "SELECT e.position FROM {schema}.events e WHERE {types} AND {}",
+            range.predicate("e.position")
+        );
+    }
+    let mut tags: Vec<String> = item.tags.iter().map(|t| t.as_str().to_string()).collect();
+    tags.sort();
+    tags.dedup();
+    let probe = sql.bind(Bind::Text(item.tags[0].as_str().to_string()));
+    let mut text = format!("SELECT t.position FROM {schema}.event_tags t WHERE t.tag = {probe}");
+    if !types.is_empty() {
+        text.push_str(" AND ");
+        text.push_str(&type_predicate(sql, "t.event_type", types));
+    }
+    text.push_str(" AND ");
+    text.push_str(&range.predicate("t.position"));
+    if tags.len() > 1 {
+        let all = sql.bind(Bind::TextArray(tags));
+        text.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM {schema}.events e \
+             WHERE e.position = t.position AND e.tags @> {all})"
+        ));
+    }
+    text
+}
+
+/// The columns every read selects, in the order `row_to_event` expects.
+pub(crate) const EVENT_COLUMNS: &str =
+    "e.position, e.event_type, e.tags, e.payload, e.metadata, e.event_id, e.recorded_at";
+
+/// A page of a read: `$1` and `$2` bound the positions (inclusive), `$3` is
+/// the page size; the query's own values follow. Returns `None` for a query
+/// that matches nothing.
+///
+/// With `with_head`, the statement also reads the head row, in the same
+/// snapshot, and bounds the page by it (`LEAST($2, head)`): every row is
+/// `(head, event columns...)`, with one row of NULL event columns when no
+/// event matches. That is the first page of a read: one round trip for the
+/// head and the events of a small state.
+pub(crate) fn read_page(
+    schema: &str,
+    query: &Query,
+    forwards: bool,
+    with_head: bool,
+) -> Option<Sql> {
+    if query.is_none() {
+        return None;
+    }
+    let mut sql = Sql::default();
+    let min = sql.bind(Bind::I64(0));
+    let max = sql.bind(Bind::I64(0));
+    let limit = sql.bind(Bind::I64(0));
+    let range = Range {
+        min: Some(min),
+        max: Some(if with_head {
+            format!("LEAST({max}, h.position)")
+        } else {
+            max
+        }),
+    };
+    let order = if forwards { "ASC" } else { "DESC" };
+    let page = if query.is_all() {
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM {schema}.events e WHERE {} \
+             ORDER BY e.position {order} LIMIT {limit}",
+            range.predicate("e.position")
+        )
+    } else {
+        let mut branches = Vec::new();
+        let mut seen: Vec<&QueryItem> = Vec::new();
+        for item in query.items() {
+            if seen.contains(&item) {
+                continue;
+            }
+            seen.push(item);
+            let positions = item_positions(&mut sql, schema, item, &range);
+            branches.push(format!("({positions} ORDER BY 1 {order} LIMIT {limit})"));
+        }
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM {schema}.events e WHERE e.position IN ({}) \
+             ORDER BY e.position {order} LIMIT {limit}",
+            branches.join(" UNION ALL ")
+        )
+    };
+    if with_head {
+        sql.push(&format!(
+            "SELECT h.position AS head, p.* FROM {schema}.head h \
+             LEFT JOIN LATERAL ({page}) p ON true ORDER BY p.position {order}"
+        ));
+    } else {
+        sql.push(&page);
+    }
+    Some(sql)
+}
+
+/// `EXISTS (...)` that is true when an event matching `query` lies in
+/// `range`. `None` for a query that matches nothing.
+pub(crate) fn exists(sql: &mut Sql, schema: &str, query: &Query, range: &Range) -> Option<String> {
+    if query.is_none() {
+        return None;
+    }
+    if query.is_all() {
+        return Some(format!(
+            "EXISTS (SELECT 1 FROM {schema}.events e WHERE {})",
+            range.predicate("e.position")
+        ));
+    }
+    let mut branches = Vec::new();
+    let mut seen: Vec<&QueryItem> = Vec::new();
+    for item in query.items() {
+        if seen.contains(&item) {
+            continue;
+        }
+        seen.push(item);
+        branches.push(item_positions(sql, schema, item, range));
+    }
+    Some(format!("EXISTS ({})", branches.join(" UNION ALL ")))
+}

@@ -1,0 +1,411 @@
+//! [`PgEventStore`]: the event store on PostgreSQL.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dcb_core::{
+    AppendCondition, AppendResult, Direction, EventRecord, EventStore, Position, Query,
+    ReadOptions, ReadResult, StoreError,
+};
+use futures::stream::{StreamExt, TryStreamExt};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::error::store_error;
+use crate::migrations;
+use crate::sql;
+use crate::writer::{self, Message, Request, WriterConfig};
+
+/// The schema a store uses unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "dcb";
+/// How many append requests the writer commits in one transaction at most,
+/// unless told otherwise.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
+/// How many events a read fetches per round trip.
+pub const READ_PAGE_SIZE: usize = 1000;
+
+/// The event store on PostgreSQL.
+///
+/// Cheap to clone (an `Arc` inside); every clone shares one pool and one
+/// writer task. See the crate docs for how appends work.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    sender: mpsc::Sender<Message>,
+    shut: AtomicBool,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and opens a [`PgEventStore`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), dcb_core::StoreError> {
+/// use dcb_postgres::PgEventStore;
+/// let store = PgEventStore::builder()
+///     .schema("billing")
+///     .max_batch_size(200)
+///     .connect("postgres://postgres@127.0.0.1:54329/postgres")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgEventStoreBuilder {
+    schema: String,
+    max_batch_size: usize,
+    migrate_on_start: bool,
+    pool_options: Option<PgPoolOptions>,
+}
+
+impl Default for PgEventStoreBuilder {
+    fn default() -> Self {
+        PgEventStoreBuilder {
+            schema: DEFAULT_SCHEMA.to_string(),
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            migrate_on_start: true,
+            pool_options: None,
+        }
+    }
+}
+
+impl PgEventStoreBuilder {
+    /// The schema holding this store's tables (default `"dcb"`). Two stores
+    /// under different schemas share a database without seeing each other.
+    /// Must be a lower-case identifier (`[a-z_][a-z0-9_]*`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// At most this many append requests per transaction (default 100, at
+    /// least 1).
+    pub fn max_batch_size(mut self, max_batch_size: usize) -> Self {
+        self.max_batch_size = max_batch_size.max(1);
+        self
+    }
+
+    /// Whether to apply pending migrations when the store starts (default
+    /// true). With `false`, run [`PgEventStore::migrate`] or
+    /// [`migrations::migrate_store`] yourself.
+    pub fn migrate_on_start(mut self, migrate: bool) -> Self {
+        self.migrate_on_start = migrate;
+        self
+    }
+
+    /// Options for the pool [`connect`](Self::connect) opens (default: 16
+    /// connections, 5 s acquire timeout).
+    pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
+        self.pool_options = Some(options);
+        self
+    }
+
+    /// Opens a pool on `url` and starts the store.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached,
+    /// [`StoreError::InvalidRequest`] for a bad schema name or URL, and
+    /// migration failures.
+    pub async fn connect(self, url: &str) -> Result<PgEventStore, StoreError> {
+        let options = self.pool_options.clone().unwrap_or_else(|| {
+            PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(5))
+        });
+        let pool = options
+            .connect(url)
+            .await
+            .map_err(|e| store_error("connect to PostgreSQL", e))?;
+        self.build(pool).await
+    }
+
+    /// Starts the store on an existing pool (must be called inside a Tokio
+    /// runtime: it spawns the writer task).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] for a bad schema name; migration
+    /// failures when migrating on start.
+    pub async fn build(self, pool: PgPool) -> Result<PgEventStore, StoreError> {
+        migrations::validate_schema(&self.schema)
+            .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        if self.migrate_on_start {
+            migrations::migrate_store(&pool, &self.schema)
+                .await
+                .map_err(|e| store_error("migrate the event store", e))?;
+        }
+        let (sender, receiver) = mpsc::channel(self.max_batch_size.saturating_mul(16).max(1024));
+        let config = WriterConfig {
+            pool: pool.clone(),
+            schema: self.schema.clone(),
+            channel: notify_channel(&self.schema),
+            max_batch_size: self.max_batch_size,
+        };
+        let handle = tokio::spawn(writer::run(config, receiver));
+        Ok(PgEventStore {
+            inner: Arc::new(Inner {
+                pool,
+                schema: self.schema,
+                sender,
+                shut: AtomicBool::new(false),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+}
+
+fn notify_channel(schema: &str) -> String {
+    format!("{schema}_events")
+}
+
+impl PgEventStore {
+    /// Connects with the default configuration (schema `"dcb"`, batches of
+    /// up to 100 appends) and applies pending migrations.
+    ///
+    /// # Errors
+    /// See [`PgEventStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<PgEventStore, StoreError> {
+        Self::builder().connect(url).await
+    }
+
+    /// A builder for a store with non-default settings.
+    pub fn builder() -> PgEventStoreBuilder {
+        PgEventStoreBuilder::default()
+    }
+
+    /// The pool (shared with the caller's own queries if it likes).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The `LISTEN`/`NOTIFY` channel the writer notifies once per committed
+    /// batch; the payload is the new head position.
+    pub fn notify_channel(&self) -> String {
+        notify_channel(&self.inner.schema)
+    }
+
+    /// Applies pending migrations (for stores built with
+    /// `migrate_on_start(false)`).
+    ///
+    /// # Errors
+    /// Outages and migration failures.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::migrate_store(&self.inner.pool, &self.inner.schema)
+            .await
+            .map_err(|e| store_error("migrate the event store", e))
+    }
+
+    /// Stops accepting appends, commits the requests already queued, and
+    /// stops the writer. Appends after this fail with
+    /// [`StoreError::ShutDown`]; reads keep working while the pool is open.
+    pub async fn shutdown(&self) {
+        if !self.inner.shut.swap(true, Ordering::SeqCst) {
+            let _ = self.inner.sender.send(Message::Shutdown).await;
+        }
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
+    async fn read_head(&self) -> Result<Option<Position>, StoreError> {
+        let head: i64 =
+            sqlx::query_scalar(&format!("SELECT position FROM {}.head", self.inner.schema))
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(|e| store_error("read the head", e))?;
+        Ok(to_position(head))
+    }
+}
+
+pub(crate) fn to_position(raw: i64) -> Option<Position> {
+    (raw > 0).then_some(Position(raw as u64))
+}
+
+fn to_raw(position: Position) -> i64 {
+    i64::try_from(position.0).unwrap_or(i64::MAX)
+}
+
+/// Where the next page of a read starts.
+struct Cursor {
+    min: i64,
+    max: i64,
+    remaining: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
+        let span = tracing::debug_span!(
+            "dcb.pg.read",
+            schema = %self.inner.schema,
+            items = query.items().len(),
+            direction = ?options.direction,
+            limit = ?options.limit,
+        );
+        async move {
+            let limit = options.limit.unwrap_or(usize::MAX);
+            let forwards = options.direction == Direction::Forwards;
+            let schema = &self.inner.schema;
+            let (Some(first_sql), Some(page_sql)) = (
+                sql::read_page(schema, query, forwards, true),
+                sql::read_page(schema, query, forwards, false),
+            ) else {
+                return Ok(ReadResult::from_vec(self.read_head().await?, Vec::new()));
+            };
+            if limit == 0 {
+                return Ok(ReadResult::from_vec(self.read_head().await?, Vec::new()));
+            }
+            // The first page reads the head in the same statement (one
+            // snapshot) and stops at it. Everything at or below the head is
+            // committed (head and rows commit together, in head order), so
+            // later pages, bounded by the same head, complete the read.
+            let page = limit.min(READ_PAGE_SIZE);
+            let (min, max) = if forwards {
+                (options.start.map_or(1, to_raw).max(1), i64::MAX)
+            } else {
+                (1, options.start.map_or(i64::MAX, to_raw))
+            };
+            let mut binds = first_sql.binds.clone();
+            binds[0] = sql::Bind::I64(min);
+            binds[1] = sql::Bind::I64(max);
+            binds[2] = sql::Bind::I64(page as i64);
+            let rows = sql::bind_all(sqlx::query(&first_sql.text), &binds)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| store_error("read events", e))?;
+            let head_raw: i64 = match rows.first() {
+                Some(row) => row.try_get(0).map_err(|e| store_error("read events", e))?,
+                None => {
+                    return Err(crate::error::backend(
+                        "read events",
+                        format!("{schema}.head has no row: is the schema migrated?"),
+                    ))
+                }
+            };
+            let head = to_position(head_raw);
+            let mut first = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if let Some(event) = crate::row::to_event(row, 1)? {
+                    first.push(event);
+                }
+            }
+            let mut cursor = Cursor {
+                min,
+                max: max.min(head_raw),
+                remaining: limit - first.len(),
+                done: first.len() < page,
+            };
+            if let Some(last) = first.last() {
+                if forwards {
+                    cursor.min = to_raw(last.position) + 1;
+                } else {
+                    cursor.max = to_raw(last.position) - 1;
+                }
+            }
+            let pool = self.inner.pool.clone();
+            let page_sql = Arc::new(page_sql);
+            let rest = futures::stream::try_unfold(cursor, move |mut cursor| {
+                let pool = pool.clone();
+                let page_sql = page_sql.clone();
+                async move {
+                    if cursor.done || cursor.remaining == 0 || cursor.min > cursor.max {
+                        return Ok::<_, StoreError>(None);
+                    }
+                    let page = cursor.remaining.min(READ_PAGE_SIZE);
+                    let mut binds = page_sql.binds.clone();
+                    binds[0] = sql::Bind::I64(cursor.min);
+                    binds[1] = sql::Bind::I64(cursor.max);
+                    binds[2] = sql::Bind::I64(page as i64);
+                    let rows = sql::bind_all(sqlx::query(&page_sql.text), &binds)
+                        .fetch_all(&pool)
+                        .await
+                        .map_err(|e| store_error("read events", e))?;
+                    let mut events = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        if let Some(event) = crate::row::to_event(row, 0)? {
+                            events.push(event);
+                        }
+                    }
+                    cursor.remaining -= events.len();
+                    cursor.done = events.len() < page;
+                    match events.last() {
+                        Some(last) if forwards => cursor.min = to_raw(last.position) + 1,
+                        Some(last) => cursor.max = to_raw(last.position) - 1,
+                        None => cursor.done = true,
+                    }
+                    Ok(Some((events, cursor)))
+                }
+            })
+            .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)));
+            let events = futures::stream::iter(first.into_iter().map(Ok))
+                .chain(rest.try_flatten())
+                .boxed();
+            Ok(ReadResult { head, events })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn append(
+        &self,
+        events: Vec<EventRecord>,
+        condition: Option<AppendCondition>,
+    ) -> Result<AppendResult, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "an append needs at least one event".into(),
+            ));
+        }
+        let mut ids = HashSet::with_capacity(events.len());
+        for event in &events {
+            if !ids.insert(event.metadata.event_id) {
+                return Err(StoreError::DuplicateEventId(event.metadata.event_id));
+            }
+        }
+        if self.inner.shut.load(Ordering::SeqCst) {
+            return Err(StoreError::ShutDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .sender
+            .send(Message::Append(Request {
+                events,
+                condition,
+                reply,
+            }))
+            .await
+            .map_err(|_| StoreError::ShutDown)?;
+        answer.await.map_err(|_| StoreError::ShutDown)?
+    }
+
+    async fn head(&self) -> Result<Option<Position>, StoreError> {
+        self.read_head().await
+    }
+}

@@ -1,0 +1,144 @@
+//! Exactly once: a transactional projection counting events is SIGKILLed at
+//! random points while appends continue; after every kill its count equals
+//! the number of matching events up to its checkpoint, and after the last
+//! restart it equals the number of matching events.
+//!
+//! Needs PostgreSQL: set DATABASE_URL or run `scripts/postgres.sh start`.
+
+#[path = "listener_support.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dcb_core::EventStore;
+use dcb_postgres::testing::TestDatabase;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const RUNS: usize = 10;
+const LISTENER: &str = "tick-counter";
+
+async fn spawn_child(url: &str, instance: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
+        .args(["tx", url, instance, "600", LISTENER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn listener_child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("child ready in time")
+        .expect("read child stdout");
+    assert_eq!(ready.as_deref(), Some("ready"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// Count, ticks up to the checkpoint, and duplicate rows.
+async fn check_consistent(pool: &sqlx::PgPool, context: &str) -> (i64, i64) {
+    let checkpoint = support::checkpoint(pool, LISTENER).await;
+    let count = support::tick_count(pool).await;
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dcb.events WHERE event_type = 'Tick' AND position <= $1",
+    )
+    .bind(checkpoint)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT position FROM tick_seen GROUP BY position HAVING count(*) > 1) d",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(duplicates, 0, "{context}: an event was counted twice");
+    assert_eq!(
+        count, expected,
+        "{context}: the count must equal the ticks up to the checkpoint {checkpoint}"
+    );
+    (checkpoint, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_projection_is_exactly_once_across_sigkills() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    support::create_projection(db.pool()).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let store = store.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let batch: Vec<_> = (0..fastrand::usize(1..6))
+                    .map(|_| {
+                        n += 1;
+                        if fastrand::u8(..3) == 0 {
+                            support::tock(n)
+                        } else {
+                            support::tick(n)
+                        }
+                    })
+                    .collect();
+                store.append(batch, None).await.expect("append");
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
+            }
+        })
+    };
+
+    let mut progressed = 0;
+    for run in 0..RUNS {
+        let mut child = spawn_child(db.url(), &format!("killed-{run}")).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(700..1600))).await;
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("reap");
+        let (checkpoint, count) = check_consistent(db.pool(), &format!("after kill {run}")).await;
+        if count > 0 {
+            progressed += 1;
+        }
+        eprintln!("run {run}: killed at checkpoint {checkpoint}, count {count}");
+    }
+    assert!(progressed > 0, "the projection never made progress");
+
+    stop.store(true, Ordering::SeqCst);
+    appender.await.unwrap();
+    let head = support::head(db.pool()).await;
+
+    let mut child = spawn_child(db.url(), "final").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while support::checkpoint(db.pool(), LISTENER).await < head {
+        assert!(Instant::now() < deadline, "the projection did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child.stdin.take());
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("graceful shutdown in time")
+        .unwrap();
+
+    check_consistent(db.pool(), "after catch-up").await;
+    let ticks = support::tick_positions(db.pool()).await;
+    assert_eq!(support::tick_count(db.pool()).await, ticks.len() as i64);
+    let seen: Vec<i64> = sqlx::query_scalar("SELECT position FROM tick_seen ORDER BY position")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(seen, ticks, "every tick exactly once");
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM dcb.listener_checkpoints WHERE listener_id = $1")
+            .bind(LISTENER)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(owner, None, "graceful shutdown releases the lease");
+    store.shutdown().await;
+    db.cleanup().await;
+}

@@ -1,0 +1,171 @@
+//! Two runner processes for one listener: only one handles events at a time;
+//! SIGKILLing the leader hands over to the other within the lease time, and a
+//! graceful shutdown hands over at once; no event is skipped or doubled.
+//!
+//! Needs PostgreSQL: set DATABASE_URL or run `scripts/postgres.sh start`.
+
+#[path = "listener_support.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use dcb_core::EventStore;
+use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const LISTENER: &str = "tick-counter";
+const LEASE_MS: u64 = 1000;
+
+async fn spawn_child(url: &str, instance: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
+        .args(["tx", url, instance, &LEASE_MS.to_string(), LISTENER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn listener_child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("child ready in time")
+        .expect("read child stdout");
+    assert_eq!(ready.as_deref(), Some("ready"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+async fn owner(pool: &sqlx::PgPool) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT owner FROM dcb.listener_checkpoints WHERE listener_id = $1 AND lease_until > clock_timestamp()",
+    )
+    .bind(LISTENER)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+    .flatten()
+}
+
+async fn wait_for_owner(pool: &sqlx::PgPool, instance: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if owner(pool).await.as_deref() == Some(instance) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{instance} did not take the lease within {within:?} (owner: {:?})",
+            owner(pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn append_ticks(store: &PgEventStore, from: u64, n: u64) {
+    for chunk in (from..from + n).collect::<Vec<_>>().chunks(10) {
+        let batch = chunk.iter().map(|&i| support::tick(i)).collect();
+        store.append(batch, None).await.expect("append");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn caught_up(pool: &sqlx::PgPool, within: Duration) {
+    let head = support::head(pool).await;
+    let started = Instant::now();
+    while support::checkpoint(pool, LISTENER).await < head {
+        assert!(started.elapsed() < within, "the listener did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Instances in the order they handled events, with consecutive repeats
+/// collapsed.
+async fn handover_sequence(pool: &sqlx::PgPool) -> Vec<String> {
+    let instances: Vec<String> =
+        sqlx::query_scalar("SELECT instance FROM tick_seen ORDER BY position")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut sequence: Vec<String> = Vec::new();
+    for instance in instances {
+        if sequence.last() != Some(&instance) {
+            sequence.push(instance);
+        }
+    }
+    sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_failover_on_kill() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    support::create_projection(db.pool()).await;
+    let pool = db.pool();
+
+    let mut a = spawn_child(db.url(), "a").await;
+    wait_for_owner(pool, "a", Duration::from_secs(5)).await;
+    let mut b = spawn_child(db.url(), "b").await;
+
+    append_ticks(&store, 0, 200).await;
+    caught_up(pool, Duration::from_secs(20)).await;
+    assert_eq!(
+        handover_sequence(pool).await,
+        ["a"],
+        "the standby handled nothing"
+    );
+    assert_eq!(owner(pool).await.as_deref(), Some("a"));
+
+    // Kill the leader while appends continue: b takes over within the lease.
+    let appender = {
+        let store = store.clone();
+        tokio::spawn(async move { append_ticks(&store, 200, 300).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.start_kill().expect("SIGKILL a");
+    a.wait().await.unwrap();
+    let takeover = wait_for_owner(pool, "b", Duration::from_secs(5)).await;
+    eprintln!("b took over {takeover:?} after a was killed");
+    assert!(
+        takeover < Duration::from_millis(LEASE_MS * 2 + 500),
+        "takeover took {takeover:?}"
+    );
+    appender.await.unwrap();
+    caught_up(pool, Duration::from_secs(20)).await;
+    assert_eq!(handover_sequence(pool).await, ["a", "b"]);
+
+    // A graceful shutdown releases the lease: the standby takes over at once.
+    let mut c = spawn_child(db.url(), "c").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(owner(pool).await.as_deref(), Some("b"), "c stands by");
+    drop(b.stdin.take());
+    tokio::time::timeout(Duration::from_secs(10), b.wait())
+        .await
+        .expect("b stops in time")
+        .unwrap();
+    let takeover = wait_for_owner(pool, "c", Duration::from_secs(5)).await;
+    eprintln!("c took over {takeover:?} after b shut down");
+    assert!(
+        takeover < Duration::from_millis(LEASE_MS),
+        "a released lease is taken without waiting for it to expire ({takeover:?})"
+    );
+    append_ticks(&store, 500, 100).await;
+    caught_up(pool, Duration::from_secs(20)).await;
+    assert_eq!(handover_sequence(pool).await, ["a", "b", "c"]);
+
+    // Every tick exactly once.
+    let ticks = support::tick_positions(pool).await;
+    let seen: Vec<i64> = sqlx::query_scalar("SELECT position FROM tick_seen ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, ticks);
+    assert_eq!(support::tick_count(pool).await, 600);
+
+    c.start_kill().unwrap();
+    c.wait().await.unwrap();
+    store.shutdown().await;
+    db.cleanup().await;
+}

@@ -1,0 +1,186 @@
+//! Shared pieces of the listener tests and their child processes: a tiny
+//! event type, a counting transactional projection and its tables. Included
+//! with `#[path]` by the `listener_*` tests and the `listener_child` binary.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dcb_core::{
+    BoxError, CodecError, Event, EventMetadata, EventRecord, EventSchema, EventType, Query,
+    Sequenced, Tag, TransactionalListener,
+};
+use dcb_postgres::listener::PgTransaction;
+use sqlx::PgPool;
+
+/// `Tick`s are what the listeners count; `Tock`s are noise they skip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestEvent {
+    Tick(u64),
+    Tock(u64),
+}
+
+impl Event for TestEvent {
+    const SCHEMA: &'static [EventSchema] = &[
+        EventSchema {
+            event_type: "Tick",
+            tag_keys: &[],
+        },
+        EventSchema {
+            event_type: "Tock",
+            tag_keys: &[],
+        },
+    ];
+
+    fn event_type(&self) -> EventType {
+        match self {
+            TestEvent::Tick(_) => EventType::from_static("Tick"),
+            TestEvent::Tock(_) => EventType::from_static("Tock"),
+        }
+    }
+
+    fn tags(&self) -> Vec<Tag> {
+        Vec::new()
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        let (TestEvent::Tick(n) | TestEvent::Tock(n)) = self;
+        Ok(n.to_string().into_bytes())
+    }
+
+    fn decode(event_type: &str, payload: &[u8]) -> Result<Self, CodecError> {
+        let n: u64 = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| CodecError::Decode("not a number".into()))?;
+        match event_type {
+            "Tick" => Ok(TestEvent::Tick(n)),
+            "Tock" => Ok(TestEvent::Tock(n)),
+            other => Err(CodecError::UnknownType(other.to_owned())),
+        }
+    }
+}
+
+pub fn tick(n: u64) -> EventRecord {
+    record("Tick", n)
+}
+
+pub fn tock(n: u64) -> EventRecord {
+    record("Tock", n)
+}
+
+fn record(event_type: &'static str, n: u64) -> EventRecord {
+    EventRecord {
+        event_type: EventType::from_static(event_type),
+        tags: Vec::new(),
+        payload: n.to_string().into_bytes(),
+        metadata: EventMetadata::new(),
+    }
+}
+
+pub fn ticks_only() -> Query {
+    Query::types(["Tick"])
+}
+
+/// Creates the projection tables: `tick_count` (one counter row) and
+/// `tick_seen` (one row per handled event, with the instance that handled
+/// it).
+pub async fn create_projection(pool: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS tick_count (id int PRIMARY KEY, n bigint NOT NULL);
+         INSERT INTO tick_count VALUES (1, 0) ON CONFLICT DO NOTHING;
+         CREATE TABLE IF NOT EXISTS tick_seen (
+             position bigint NOT NULL, instance text NOT NULL,
+             at timestamptz NOT NULL DEFAULT clock_timestamp());",
+    )
+    .execute(pool)
+    .await
+    .expect("create projection tables");
+}
+
+/// A transactional projection counting `Tick`s, recording each one it sees.
+pub struct TickCounter {
+    pub id: String,
+    pub instance: String,
+    /// Sleeps up to this long per event (to spread kill points).
+    pub jitter: Duration,
+}
+
+#[async_trait]
+impl TransactionalListener<PgTransaction> for TickCounter {
+    type Event = TestEvent;
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn query(&self) -> Query {
+        ticks_only()
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut PgTransaction,
+        event: Sequenced<TestEvent>,
+    ) -> Result<(), BoxError> {
+        sqlx::query("UPDATE tick_count SET n = n + 1 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO tick_seen (position, instance) VALUES ($1, $2)")
+            .bind(event.position.0 as i64)
+            .bind(&self.instance)
+            .execute(&mut **tx)
+            .await?;
+        if !self.jitter.is_zero() {
+            let micros = fastrand::u64(..self.jitter.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(micros)).await;
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut PgTransaction) -> Result<(), BoxError> {
+        sqlx::query("UPDATE tick_count SET n = 0 WHERE id = 1")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM tick_seen")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The count the projection holds.
+pub async fn tick_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT n FROM tick_count WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .expect("read tick_count")
+}
+
+/// The positions of every `Tick` in the log, in order.
+pub async fn tick_positions(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT position FROM dcb.events WHERE event_type = 'Tick' ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read tick positions")
+}
+
+/// A listener's checkpoint as stored.
+pub async fn checkpoint(pool: &PgPool, id: &str) -> i64 {
+    sqlx::query_scalar("SELECT position FROM dcb.listener_checkpoints WHERE listener_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .expect("read checkpoint")
+        .unwrap_or(0)
+}
+
+/// The log head.
+pub async fn head(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM dcb.events")
+        .fetch_one(pool)
+        .await
+        .expect("read head")
+}

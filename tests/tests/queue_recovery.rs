@@ -1,0 +1,228 @@
+//! Work queue recovery: heartbeats keep a long job's lease; a worker lost
+//! during the last allowed attempt, or while recording a final failure, leaves
+//! a job that the next worker marks dead (recording the failure event once)
+//! without running it again.
+//!
+//! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dcb_core::{
+    EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions, Tag,
+};
+use dcb_postgres::queue::{
+    JobContext, JobError, JobFailure, JobId, JobInfo, JobState, NewJob, Processor, WorkQueue,
+    Workers,
+};
+use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
+
+const FAILED: &str = "SlowJobFailed";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SlowJob {
+    sleep_ms: u64,
+}
+
+#[derive(Clone, Default)]
+struct Slow {
+    runs: Arc<AtomicU32>,
+    failures: Arc<std::sync::Mutex<Vec<JobFailure>>>,
+}
+
+#[async_trait]
+impl Processor for Slow {
+    const KIND: &'static str = "slow";
+    type Payload = SlowJob;
+
+    async fn run(&self, job: &SlowJob, _ctx: &JobContext) -> Result<(), JobError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+        Ok(())
+    }
+
+    async fn on_failure(
+        &self,
+        _job: &SlowJob,
+        failure: &JobFailure,
+        _ctx: &JobContext,
+    ) -> Result<Vec<EventRecord>, JobError> {
+        self.failures.lock().unwrap().push(failure.clone());
+        Ok(vec![EventRecord {
+            event_type: EventType::from(FAILED),
+            tags: vec![],
+            payload: b"{}".to_vec(),
+            metadata: EventMetadata::new(),
+        }])
+    }
+}
+
+async fn setup() -> (TestDatabase, PgEventStore, WorkQueue) {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let queue = WorkQueue::new(db.pool().clone(), "dcb");
+    queue.migrate().await.expect("migrate queue");
+    (db, store, queue)
+}
+
+async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState) -> JobInfo {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = queue.job(id).await.expect("read").expect("exists");
+        if job.state == state {
+            return job;
+        }
+        assert!(Instant::now() < until, "job never reached {state}: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn failure_events(store: &PgEventStore, id: JobId) -> usize {
+    let query = Query::from_items([QueryItem::new().types([FAILED]).tags([Tag::new("job", id)])]);
+    let (_, events) = store
+        .read(&query, ReadOptions::forwards())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    events.len()
+}
+
+fn claim_args() -> (Vec<String>, Vec<String>) {
+    (vec!["default".to_string()], vec!["slow".to_string()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
+    let (db, store, queue) = setup().await;
+    let slow = Slow::default();
+    let id = queue
+        .enqueue(
+            db.pool(),
+            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 1500 }).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // Two worker sets: if the lease lapsed, the other one would take the job.
+    let a = Workers::new(queue.clone(), store.clone())
+        .register(slow.clone())
+        .lease(Duration::from_millis(400))
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let b = Workers::new(queue.clone(), store.clone())
+        .register(slow.clone())
+        .lease(Duration::from_millis(400))
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let done = wait_for_state(&queue, id, JobState::Succeeded).await;
+    assert_eq!(done.attempt, 1);
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 1);
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    store.shutdown().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lost_during_the_last_attempt_leaves_a_dead_job_with_one_failure_event() {
+    let (db, store, queue) = setup().await;
+    let id = queue
+        .enqueue(
+            db.pool(),
+            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 0 })
+                .unwrap()
+                .max_attempts(1),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let (queues, kinds) = claim_args();
+    // A worker claims it and vanishes.
+    let lost = queue
+        .claim(
+            &queues,
+            &kinds,
+            1,
+            Duration::from_millis(300),
+            "lost-worker",
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let slow = Slow::default();
+    let workers = Workers::new(queue.clone(), store.clone())
+        .register(slow.clone())
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let dead = wait_for_state(&queue, id, JobState::Dead).await;
+    assert!(dead
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("lease expired during attempt 1"));
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 0, "no attempts were left");
+    assert_eq!(failure_events(&store, id).await, 1);
+    assert_eq!(slow.failures.lock().unwrap()[0].attempts, 1);
+    workers.shutdown(Duration::from_secs(1)).await;
+    store.shutdown().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lost_while_recording_a_final_failure_does_not_run_the_job_again() {
+    let (db, store, queue) = setup().await;
+    let id = queue
+        .enqueue(
+            db.pool(),
+            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 0 })
+                .unwrap()
+                .max_attempts(5),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let (queues, kinds) = claim_args();
+    let lost = queue
+        .claim(
+            &queues,
+            &kinds,
+            1,
+            Duration::from_millis(300),
+            "lost-worker",
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    // It decided the job failed for good (a permanent error), then vanished
+    // before recording the failure event.
+    queue.doom(&lost, "permanent: bad input").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let slow = Slow::default();
+    let workers = Workers::new(queue.clone(), store.clone())
+        .register(slow.clone())
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let dead = wait_for_state(&queue, id, JobState::Dead).await;
+    assert_eq!(slow.runs.load(Ordering::SeqCst), 0);
+    assert!(dead.last_error.as_deref().unwrap().contains("bad input"));
+    assert_eq!(failure_events(&store, id).await, 1);
+    workers.shutdown(Duration::from_secs(1)).await;
+    store.shutdown().await;
+    db.cleanup().await;
+}
