@@ -257,7 +257,10 @@ impl<S: EventStore> DecisionMaker<S> {
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
-                match self.attempt(decision, &options, key_tag.as_ref(), attempt).await {
+                match self
+                    .attempt(decision, &options, key_tag.as_ref(), attempt)
+                    .await
+                {
                     Err(DecisionError::Store(e)) if self.should_retry(&e, attempt) => {
                         tracing::debug!(attempt, error = %e, "retrying decision");
                         tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -306,7 +309,10 @@ impl<S: EventStore> DecisionMaker<S> {
         let mut head = None;
         let mut earlier = Vec::new();
         if !read_query.is_none() {
-            let result = self.store.read(&read_query, ReadOptions::forwards()).await?;
+            let result = self
+                .store
+                .read(&read_query, ReadOptions::forwards())
+                .await?;
             head = result.head;
             let mut events = result.events;
             while let Some(event) = events.try_next().await? {
@@ -364,8 +370,7 @@ impl<S: EventStore> DecisionMaker<S> {
             Some(item) => check.or(item),
             None => check,
         };
-        let condition =
-            (!check.is_none()).then(|| AppendCondition::not_after(check, head));
+        let condition = (!check.is_none()).then(|| AppendCondition::not_after(check, head));
         let appended = self.store.append(records, condition).await?;
         let now = chrono::Utc::now();
         let events = appended

@@ -114,9 +114,9 @@ impl EventStore for InMemoryEventStore {
                         .collect()
                 }
                 Direction::Backwards => {
-                    let end = options
-                        .start
-                        .map_or(inner.events.len(), |p| (p.0 as usize).min(inner.events.len()));
+                    let end = options.start.map_or(inner.events.len(), |p| {
+                        (p.0 as usize).min(inner.events.len())
+                    });
                     inner.events[..end]
                         .iter()
                         .rev()
