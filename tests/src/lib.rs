@@ -23,10 +23,8 @@
 //! migrations) goes in the expression:
 //!
 //! ```ignore
-//! dcb_tests::store_contract_tests!(async {
-//!     let db = TestDatabase::create().await;
-//!     db.store().await
-//! });
+//! // the store owns its test database, which lives as long as the store
+//! dcb_tests::store_contract_tests!(async { TestDatabase::create().await.into_store().await });
 //! ```
 
 pub mod contract;
