@@ -1,15 +1,18 @@
 //! Decisions and the decision maker: read state, decide, append under a
 //! condition, retry on conflict.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::codec::CodecError;
-use crate::event::{DecodeError, Event, EventRecord, Sequenced};
+use crate::event::{DecodeError, Event, EventRecord, Sequenced, SequencedEvent};
 use crate::query::{AppendCondition, Query, QueryItem};
+use crate::snapshot::{SnapshotStore, StoredSnapshot};
 use crate::state::DecisionState;
 use crate::store::{EventStore, ReadOptions, StoreError};
 use crate::tag::{Position, Tag};
@@ -192,6 +195,34 @@ pub struct DecisionMaker<S> {
     store: S,
     retry: RetryPolicy,
     unknown_events: UnknownEventPolicy,
+    snapshots: Option<Snapshots>,
+}
+
+/// The snapshot store of a decision maker and how often it saves.
+#[derive(Clone)]
+struct Snapshots {
+    store: Arc<dyn SnapshotStore>,
+    every: u64,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one attempt read: the folded state, the head the condition is
+/// checked after, earlier events of the idempotency key, and whether a
+/// snapshot of the state is due.
+struct StateRead<St, E> {
+    state: St,
+    state_query: Query,
+    head: Option<Position>,
+    earlier: Vec<Sequenced<E>>,
+    /// Save a snapshot under this key at this position once decided.
+    snapshot_due: Option<(String, Position)>,
 }
 
 impl<S: EventStore> DecisionMaker<S> {
@@ -201,7 +232,31 @@ impl<S: EventStore> DecisionMaker<S> {
             store,
             retry: RetryPolicy::default(),
             unknown_events: UnknownEventPolicy::default(),
+            snapshots: None,
         }
+    }
+
+    /// Turns on snapshots for snapshotted states (see
+    /// [`Snapshotted`](crate::Snapshotted)): a decision loads the state's
+    /// snapshot and reads only the events after it; once a read folds at
+    /// least `every` events (counted from the snapshot, or from scratch), the
+    /// state is saved again at the read's head. `every` of 0 counts as 1.
+    ///
+    /// States without a snapshot key (plain states, tuples, `()`) are read as
+    /// before. A snapshot that cannot be loaded, does not decode or lies past
+    /// the log's head is ignored and the state folded from scratch; a failed
+    /// save is logged. Neither fails the decision.
+    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>, every: u32) -> Self {
+        self.snapshots = Some(Snapshots {
+            store,
+            every: u64::from(every.max(1)),
+        });
+        self
+    }
+
+    /// The snapshot store, when snapshots are on.
+    pub fn snapshot_store(&self) -> Option<&Arc<dyn SnapshotStore>> {
+        self.snapshots.as_ref().map(|s| &s.store)
     }
 
     /// Sets what happens when a state's query returns an event type its
@@ -292,6 +347,53 @@ impl<S: EventStore> DecisionMaker<S> {
         key_tag: Option<&Tag>,
         attempt: u32,
     ) -> Result<Decided<D::Event>, DecisionError<D::Error>> {
+        let read = self.read_state(decision, key_tag).await?;
+        if !read.earlier.is_empty() {
+            return Ok(Decided {
+                events: read.earlier,
+                read_head: read.head,
+                attempts: attempt,
+                replayed: true,
+            });
+        }
+        let outcome = self
+            .decide_and_append(
+                decision,
+                options,
+                key_tag,
+                &read.state,
+                read.state_query,
+                read.head,
+                attempt,
+            )
+            .await;
+        // After the append, so encoding and saving never widen the window
+        // between the read and the append. Whatever the outcome, the state
+        // read is true at its position.
+        if let Some((key, position)) = read.snapshot_due {
+            self.save_snapshot(&read.state, &key, position).await;
+        }
+        outcome
+    }
+
+    /// Reads and folds the decision's state and looks up the idempotency
+    /// key.
+    ///
+    /// Without a snapshot: one read of `state query ∪ key item` from the
+    /// start, so both are complete up to the same head.
+    ///
+    /// With a snapshot at `P`: the state query is read after `P` (its head
+    /// `H1` is the store's head, so the state is complete up to `H1`), then
+    /// the key item is read over the whole log (head `H2`). The condition is
+    /// checked after `min(H1, H2)`, which both reads are complete up to; with
+    /// a store whose head only grows, that is `H1`, so snapshots add no
+    /// spurious conflicts. A key event landing between the reads is either
+    /// seen by the second read (a replay) or fails the condition.
+    async fn read_state<D: Decision>(
+        &self,
+        decision: &D,
+        key_tag: Option<&Tag>,
+    ) -> Result<StateRead<D::StateQuery, D::Event>, DecisionError<D::Error>> {
         let mut state = decision.state_query();
         let queries = state.queries();
         let state_query = queries
@@ -299,8 +401,81 @@ impl<S: EventStore> DecisionMaker<S> {
             .cloned()
             .fold(Query::none(), |acc, q| acc.union(q));
         let key_item = key_tag.map(|t| QueryItem::new().tags([t.clone()]));
+        let snapshots = self.snapshots.as_ref();
+        let snapshot_key = match snapshots {
+            Some(_) if !state_query.is_none() => state.snapshot_key(),
+            _ => None,
+        };
+
+        if let (Some(snapshots), Some(key)) = (snapshots, &snapshot_key) {
+            let mut loaded = None;
+            let mut touched = false;
+            match snapshots.store.load(key).await {
+                Ok(Some(snapshot)) => {
+                    touched = true;
+                    if state.restore_snapshot(&snapshot.payload) {
+                        loaded = Some(snapshot.position);
+                    } else {
+                        tracing::warn!(key, "ignoring a snapshot that does not restore");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(key, error = %e, "cannot load a snapshot"),
+            }
+            if let Some(from) = loaded {
+                let result = self
+                    .store
+                    .read(&state_query, ReadOptions::forwards().after(from))
+                    .await?;
+                if result.head >= Some(from) {
+                    tracing::debug!(key, position = %from, "folding from a snapshot");
+                    let state_head = result.head;
+                    let mut earlier = Vec::new();
+                    let folded = self
+                        .fold::<D>(&mut state, &queries, result.events, None, &mut earlier)
+                        .await?;
+                    let mut head = state_head;
+                    if let Some(item) = &key_item {
+                        let keyed = self
+                            .store
+                            .read(&Query::from_items([item.clone()]), ReadOptions::forwards())
+                            .await?;
+                        head = head.min(keyed.head);
+                        let mut events = keyed.events;
+                        while let Some(event) = events.try_next().await? {
+                            earlier.push(event.decode::<D::Event>()?);
+                        }
+                    }
+                    let snapshot_due = (earlier.is_empty() && folded >= snapshots.every)
+                        .then(|| state_head.map(|h| (key.clone(), h)))
+                        .flatten();
+                    return Ok(StateRead {
+                        state,
+                        state_query,
+                        head,
+                        earlier,
+                        snapshot_due,
+                    });
+                }
+                // The snapshot is past the log's end: it belongs to another
+                // log (a restored backup, a shared snapshot store). Never
+                // trust it; fold from scratch.
+                tracing::warn!(
+                    key,
+                    position = %from,
+                    head = ?result.head,
+                    "ignoring a snapshot past the head of the log"
+                );
+            }
+            if touched {
+                // Start from the decision's own initial state, whatever the
+                // failed restore did.
+                state = decision.state_query();
+            }
+        }
+
         // One read for the state and the idempotency key, so both are complete
-        // up to the same head and the condition below covers both.
+        // up to the same head and the condition covers both.
         let read_query = match &key_item {
             Some(item) => state_query.clone().or(item.clone()),
             None => state_query.clone(),
@@ -308,41 +483,98 @@ impl<S: EventStore> DecisionMaker<S> {
         let needs_head = !read_query.is_none() || decision.validation_query().is_some();
         let mut head = None;
         let mut earlier = Vec::new();
+        let mut folded = 0;
         if !read_query.is_none() {
             let result = self
                 .store
                 .read(&read_query, ReadOptions::forwards())
                 .await?;
             head = result.head;
-            let mut events = result.events;
-            while let Some(event) = events.try_next().await? {
-                if key_tag.is_some_and(|t| event.tags().contains(t)) {
-                    earlier.push(event.decode::<D::Event>()?);
-                } else if earlier.is_empty() {
-                    match state.apply(&event, &queries) {
-                        Err(e)
-                            if self.unknown_events == UnknownEventPolicy::Skip
-                                && matches!(e.source, CodecError::UnknownType(_)) =>
-                        {
-                            tracing::warn!(error = %e, "skipping an event of unknown type");
-                        }
-                        other => other?,
-                    }
-                }
-            }
+            folded = self
+                .fold::<D>(&mut state, &queries, result.events, key_tag, &mut earlier)
+                .await?;
         } else if needs_head {
             head = self.store.head().await?;
         }
-        if !earlier.is_empty() {
-            return Ok(Decided {
-                events: earlier,
-                read_head: head,
-                attempts: attempt,
-                replayed: true,
-            });
-        }
+        let snapshot_due = match (snapshots, snapshot_key, head) {
+            (Some(snapshots), Some(key), Some(head))
+                if earlier.is_empty() && folded >= snapshots.every =>
+            {
+                Some((key, head))
+            }
+            _ => None,
+        };
+        Ok(StateRead {
+            state,
+            state_query,
+            head,
+            earlier,
+            snapshot_due,
+        })
+    }
 
-        let new_events = decision.process(&state).map_err(DecisionError::Rejected)?;
+    /// Folds `events` into `state`; events carrying `key_tag` go to `earlier`
+    /// instead, and once one has, nothing more is folded (the decision will
+    /// be a replay). Returns how many events were folded.
+    async fn fold<D: Decision>(
+        &self,
+        state: &mut D::StateQuery,
+        queries: &[Query],
+        mut events: BoxStream<'static, Result<SequencedEvent, StoreError>>,
+        key_tag: Option<&Tag>,
+        earlier: &mut Vec<Sequenced<D::Event>>,
+    ) -> Result<u64, DecisionError<D::Error>> {
+        let mut folded = 0u64;
+        while let Some(event) = events.try_next().await? {
+            if key_tag.is_some_and(|t| event.tags().contains(t)) {
+                earlier.push(event.decode::<D::Event>()?);
+            } else if earlier.is_empty() {
+                match state.apply(&event, queries) {
+                    Err(e)
+                        if self.unknown_events == UnknownEventPolicy::Skip
+                            && matches!(e.source, CodecError::UnknownType(_)) =>
+                    {
+                        tracing::warn!(error = %e, "skipping an event of unknown type");
+                    }
+                    other => other?,
+                }
+                folded += 1;
+            }
+        }
+        Ok(folded)
+    }
+
+    /// Saves a snapshot of `state`, best effort.
+    async fn save_snapshot<St: DecisionState>(&self, state: &St, key: &str, position: Position) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        let Some(payload) = state.encode_snapshot() else {
+            return;
+        };
+        match snapshots
+            .store
+            .save(key, StoredSnapshot { position, payload })
+            .await
+        {
+            Ok(()) => tracing::debug!(key, position = %position, "saved a snapshot"),
+            Err(e) => tracing::warn!(key, error = %e, "cannot save a snapshot"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_and_append<D: Decision>(
+        &self,
+        decision: &D,
+        options: &MakeOptions,
+        key_tag: Option<&Tag>,
+        state: &D::StateQuery,
+        state_query: Query,
+        head: Option<Position>,
+        attempt: u32,
+    ) -> Result<Decided<D::Event>, DecisionError<D::Error>> {
+        let key_item = key_tag.map(|t| QueryItem::new().tags([t.clone()]));
+        let new_events = decision.process(state).map_err(DecisionError::Rejected)?;
         if new_events.is_empty() {
             return Ok(Decided {
                 events: Vec::new(),

@@ -8,6 +8,7 @@ mod listener;
 mod memory;
 mod query;
 pub mod runner;
+pub mod snapshot;
 mod state;
 mod store;
 mod tag;
@@ -24,6 +25,10 @@ pub use event::{
 pub use listener::{Listener, ReadModel, TransactionalListener};
 pub use memory::InMemoryEventStore;
 pub use query::{AppendCondition, Query, QueryItem};
+pub use snapshot::{
+    query_hash, snapshot_key, InMemorySnapshotStore, Snapshot, SnapshotStore, Snapshotted,
+    StoredSnapshot,
+};
 pub use state::{state_query_for, DecisionState, StateMutate, StateQuery};
 pub use store::{
     AppendResult, BoxError, Direction, EventStore, ReadOptions, ReadResult, StoreError,

@@ -100,6 +100,31 @@ pub trait DecisionState: Send + Sync + 'static {
             .into_iter()
             .fold(Query::none(), |acc, q| acc.union(q))
     }
+
+    /// The key snapshots of this state are saved under, or `None` (the
+    /// default) when it is not snapshotted. Wrap a state in
+    /// [`Snapshotted`](crate::Snapshotted) rather than implementing this.
+    ///
+    /// The key must change whenever the query or the meaning of the encoded
+    /// state does (see [`snapshot_key`](crate::snapshot_key)).
+    fn snapshot_key(&self) -> Option<String> {
+        None
+    }
+
+    /// The state, encoded for a snapshot; `None` when it is not snapshotted
+    /// or does not encode.
+    fn encode_snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces this state (as built by the decision, nothing folded yet)
+    /// with the one encoded in `bytes`. Returns false, leaving the state
+    /// untouched, when the bytes do not decode as a state over the same
+    /// query: a snapshot is applied whole or not at all.
+    fn restore_snapshot(&mut self, bytes: &[u8]) -> bool {
+        let _ = bytes;
+        false
+    }
 }
 
 fn fold_member<S: StateMutate>(state: &mut S, event: &SequencedEvent) -> Result<(), DecodeError> {

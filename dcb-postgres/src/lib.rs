@@ -8,6 +8,7 @@ pub mod listener;
 pub mod migrations;
 pub mod queue;
 mod row;
+pub mod snapshot;
 mod sql;
 mod store;
 pub mod testing;
