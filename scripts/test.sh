@@ -4,8 +4,10 @@
 #   scripts/test.sh
 #
 # On a fresh machine it installs PostgreSQL (Debian's package) when missing and
-# starts a private server (see scripts/postgres.sh). Set DATABASE_URL to use a
-# server of your own instead.
+# starts a private server (see scripts/postgres.sh), and installs and starts
+# tansu, a Kafka-protocol broker, for the Kafka end-to-end tests (see
+# scripts/tansu.sh; its first build takes 15-20 minutes). Set DATABASE_URL or
+# KAFKA_BROKERS to use servers of your own instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +21,13 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL
 fi
 echo "DATABASE_URL=$DATABASE_URL"
+
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  step "starting tansu (Kafka-protocol broker)"
+  KAFKA_BROKERS="$(scripts/tansu.sh start)"
+  export KAFKA_BROKERS
+fi
+echo "KAFKA_BROKERS=$KAFKA_BROKERS"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,290 @@
+//! An idempotent producer (`acks=all`), and its transactional variant.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use tracing::Instrument;
+
+use crate::{check_reachable, KafkaConfig, KafkaError, OutgoingMessage};
+
+/// How long `send` waits for room in the client's local queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes messages and waits for the broker's acknowledgement.
+///
+/// The producer is idempotent (`enable.idempotence=true`, `acks=all`, both
+/// forced): the client's own retries never write a message twice or out of
+/// order within a partition. A message that is not acknowledged within
+/// `message.timeout.ms` (default here 30 s, passed through if set) fails with
+/// [`KafkaError::Delivery`]; the caller decides whether to retry. Idempotence
+/// covers the client's retries only: a caller that sends again after a
+/// failure may write a second copy (consumers dedupe on a key or header).
+///
+/// When the client reports a fatal error it is replaced by a new one on the
+/// next send. The client reconnects to brokers that come back by itself.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), dcb_kafka::KafkaError> {
+/// use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher};
+/// let publisher = Publisher::connect(&KafkaConfig::new("127.0.0.1:9092")).await?;
+/// let (partition, offset) = publisher
+///     .send(OutgoingMessage::new("carts").key("c1").payload(r#"{"cart":"c1"}"#))
+///     .await?;
+/// println!("stored at {partition}/{offset}");
+/// # Ok(()) }
+/// ```
+pub struct Publisher {
+    config: KafkaConfig,
+    client_config: ClientConfig,
+    producer: RwLock<FutureProducer>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("brokers", &self.config.brokers())
+            .finish_non_exhaustive()
+    }
+}
+
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("message.timeout.ms", "30000")];
+const PRODUCER_FORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+impl Publisher {
+    /// An idempotent producer. Does not contact the brokers (so a process
+    /// can start while they are down); see [`Publisher::connect`].
+    ///
+    /// # Errors
+    /// [`KafkaError::Config`] when librdkafka refuses the options.
+    pub fn new(config: &KafkaConfig) -> Result<Publisher, KafkaError> {
+        let client_config = config.client_config(PRODUCER_DEFAULTS, PRODUCER_FORCED);
+        let producer = create(&client_config)?;
+        Ok(Publisher {
+            config: config.clone(),
+            client_config,
+            producer: RwLock::new(producer),
+        })
+    }
+
+    /// [`Publisher::new`], then checks that a broker answers.
+    ///
+    /// # Errors
+    /// [`KafkaError::BrokerUnreachable`] when none answers within the
+    /// configured start-up timeout.
+    pub async fn connect(config: &KafkaConfig) -> Result<Publisher, KafkaError> {
+        let publisher = Publisher::new(config)?;
+        check_reachable(config).await?;
+        Ok(publisher)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// Sends `message` and waits until the broker acknowledged it (all
+    /// in-sync replicas); returns its partition and offset.
+    ///
+    /// # Errors
+    /// [`KafkaError::Delivery`] when it was not acknowledged in time or was
+    /// refused.
+    pub async fn send(&self, message: OutgoingMessage) -> Result<(i32, i64), KafkaError> {
+        let producer = self.producer();
+        let span = tracing::debug_span!("dcb.kafka.publish", topic = %message.topic);
+        let result = send_with(&producer, &message).instrument(span).await;
+        if result.is_err() {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                tracing::error!(?code, %reason, "producer failed fatally; replacing it");
+                if let Ok(fresh) = create(&self.client_config) {
+                    *self.producer.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                }
+            }
+        }
+        result
+    }
+
+    /// Waits until every message sent so far is acknowledged or failed.
+    ///
+    /// # Errors
+    /// A timeout.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| KafkaError::Config(format!("flush task failed: {e}")))??;
+        Ok(())
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaError> {
+    config
+        .create()
+        .map_err(|e| KafkaError::Config(e.to_string()))
+}
+
+pub(crate) async fn send_with(
+    producer: &FutureProducer,
+    message: &OutgoingMessage,
+) -> Result<(i32, i64), KafkaError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic);
+    if let Some(key) = &message.key {
+        record = record.key(key.as_slice());
+    }
+    if let Some(payload) = &message.payload {
+        record = record.payload(payload.as_slice());
+    }
+    if !message.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (name, value) in &message.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_slice()),
+            });
+        }
+        record = record.headers(headers);
+    }
+    match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
+        Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+        Err((source, _)) => Err(KafkaError::Delivery {
+            topic: message.topic.clone(),
+            source,
+        }),
+    }
+}
+
+/// A transactional producer: a batch of messages becomes visible to
+/// `read_committed` consumers all together or not at all.
+///
+/// Give each worker a **stable** `transactional.id` (e.g. `"<service>-<worker
+/// index>"`, not a random one): when a worker restarts with the same id,
+/// `init_transactions` fences the previous incarnation (a zombie can no longer
+/// commit) and aborts the transaction it left open.
+///
+/// What it buys: atomic multi-message (and multi-partition) publication, and
+/// zombie fencing. What it does **not** buy: exactly-once between Postgres and
+/// Kafka. The commit to Kafka and the success event in Postgres are two
+/// systems; a crash between them publishes the batch and leaves the job to
+/// run again, which publishes it again in a new transaction. Consumers still
+/// dedupe (on a key or header) — transactions only spare them partial
+/// batches. Brokers without transaction support (tansu 0.6) fail at
+/// `init_transactions`.
+///
+/// The blocking librdkafka calls (`init`, `begin`, `commit`, `abort`) run on
+/// Tokio's blocking pool, never on the async worker threads.
+pub struct TransactionalPublisher {
+    producer: FutureProducer,
+    timeout: Duration,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TransactionalPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionalPublisher")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransactionalPublisher {
+    /// A transactional producer with `transactional_id`, initialised (which
+    /// fences earlier producers with the same id).
+    ///
+    /// # Errors
+    /// [`KafkaError::Transaction`] when the broker refuses (or does not
+    /// support) transactions; [`KafkaError::BrokerUnreachable`] when no
+    /// broker answers.
+    pub async fn new(
+        config: &KafkaConfig,
+        transactional_id: impl Into<String>,
+    ) -> Result<TransactionalPublisher, KafkaError> {
+        let id = transactional_id.into();
+        let mut forced = PRODUCER_FORCED.to_vec();
+        forced.push(("transactional.id", &id));
+        let producer = create(&config.client_config(PRODUCER_DEFAULTS, &forced))?;
+        check_reachable(config).await?;
+        let timeout = config.startup_timeout().max(Duration::from_secs(10));
+        let p = producer.clone();
+        blocking(move || p.init_transactions(timeout)).await?;
+        Ok(TransactionalPublisher {
+            producer,
+            timeout,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Publishes `messages` in one transaction; returns each one's partition
+    /// and offset once the transaction committed. On any failure the
+    /// transaction is aborted and nothing becomes visible to
+    /// `read_committed` consumers.
+    ///
+    /// # Errors
+    /// [`KafkaError::Delivery`] or [`KafkaError::Transaction`].
+    pub async fn send_all(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let span = tracing::debug_span!("dcb.kafka.publish_transaction", messages = messages.len());
+        async {
+            let p = self.producer.clone();
+            blocking(move || p.begin_transaction()).await?;
+            let mut deliveries = Vec::with_capacity(messages.len());
+            let mut failure = None;
+            for message in messages {
+                match send_with(&self.producer, message).await {
+                    Ok(d) => deliveries.push(d),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let timeout = self.timeout;
+            let p = self.producer.clone();
+            match failure {
+                None => match blocking(move || p.commit_transaction(timeout)).await {
+                    Ok(()) => Ok(deliveries),
+                    Err(e) => {
+                        self.abort().await;
+                        Err(e)
+                    }
+                },
+                Some(e) => {
+                    self.abort().await;
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn abort(&self) {
+        let timeout = self.timeout;
+        let p = self.producer.clone();
+        if let Err(error) = blocking(move || p.abort_transaction(timeout)).await {
+            tracing::warn!(%error, "aborting the transaction failed");
+        }
+    }
+}
+
+async fn blocking<F>(f: F) -> Result<(), KafkaError>
+where
+    F: FnOnce() -> rdkafka::error::KafkaResult<()> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KafkaError::Transaction(format!("task failed: {e}")))?
+        .map_err(|e| KafkaError::Transaction(e.to_string()))
+}

@@ -1,0 +1,285 @@
+//! Translators end to end against a Kafka-protocol broker (tansu): 1,000
+//! messages become 1,000 decisions; replaying them appends nothing; garbage
+//! and rejected messages are recorded as dead and the partition moves on;
+//! start-up fails clearly when the broker is unreachable.
+//!
+//! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`) and a
+//! broker (`KAFKA_BROKERS`; `scripts/tansu.sh start`).
+
+use std::time::Duration;
+
+use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
+use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use dcb_kafka::rdkafka::client::DefaultClientContext;
+use dcb_kafka::rdkafka::ClientConfig;
+use dcb_kafka::{
+    DeadKind, KafkaConfig, KafkaError, KafkaMessage, OutgoingMessage, Publisher, Translator,
+    TranslatorRunner,
+};
+use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
+
+fn brokers() -> String {
+    match std::env::var("KAFKA_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ => panic!(
+            "these tests need a Kafka broker: set KAFKA_BROKERS or run scripts/tansu.sh start \
+             (export KAFKA_BROKERS=\"$(scripts/tansu.sh start)\")"
+        ),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
+    }
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+enum LedgerEvent {
+    Credited {
+        #[id]
+        account: String,
+        amount: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("amount must be positive, got {0}")]
+struct NotPositive(i64);
+
+struct Credit {
+    account: String,
+    amount: i64,
+}
+
+impl Decision for Credit {
+    type Event = LedgerEvent;
+    type StateQuery = ();
+    type Error = NotPositive;
+
+    fn state_query(&self) {}
+
+    fn process(&self, _: &()) -> Result<Vec<LedgerEvent>, NotPositive> {
+        if self.amount <= 0 {
+            return Err(NotPositive(self.amount));
+        }
+        Ok(vec![LedgerEvent::Credited {
+            account: self.account.clone(),
+            amount: self.amount,
+        }])
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CreditMessage {
+    account: String,
+    amount: i64,
+}
+
+struct Credits {
+    topic: String,
+}
+
+impl Translator for Credits {
+    type Decision = Credit;
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
+        let m: CreditMessage = message.json()?;
+        Ok(Credit {
+            account: m.account,
+            amount: m.amount,
+        })
+    }
+}
+
+async fn credited(store: &PgEventStore) -> usize {
+    let (_, events) = store
+        .read(&Query::types(["Credited"]), ReadOptions::forwards())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    events.len()
+}
+
+async fn publish(publisher: &Publisher, topic: &str, key: &str, payload: Vec<u8>) {
+    publisher
+        .send(OutgoingMessage::new(topic).key(key).payload(payload))
+        .await
+        .expect("publish to the test broker");
+}
+
+fn credit(account: &str, amount: i64) -> Vec<u8> {
+    serde_json::to_vec(&CreditMessage {
+        account: account.into(),
+        amount,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_nothing() {
+    let brokers = brokers();
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let topic = unique("dcb-credits");
+    create_topic(&brokers, &topic, 3).await;
+
+    let config = KafkaConfig::new(&brokers);
+    let publisher = Publisher::connect(&config).await.unwrap();
+    let sends = (0..1000).map(|i| {
+        let publisher = &publisher;
+        let topic = &topic;
+        async move {
+            let account = format!("acc-{}", i % 50);
+            publish(publisher, topic, &account, credit(&account, i + 1)).await;
+        }
+    });
+    futures::future::join_all(sends).await;
+
+    let group = unique("dcb-credits-group");
+    let runner = TranslatorRunner::new(config.clone(), &group, store.clone())
+        .add(Credits {
+            topic: topic.clone(),
+        })
+        .start()
+        .await
+        .unwrap();
+    let stats = runner
+        .wait_for_messages(1000, Duration::from_secs(120))
+        .await;
+    runner.shutdown().await;
+    assert_eq!(stats.messages, 1000, "{stats:?}");
+    assert_eq!(stats.decided, 1000, "{stats:?}");
+    assert_eq!(stats.dead, 0, "{stats:?}");
+    assert_eq!(credited(&store).await, 1000);
+
+    // Replay: a new group starts at the earliest offset, so every message
+    // comes again; each decision is recognised by its idempotency key.
+    let replay = TranslatorRunner::new(config.clone(), unique("dcb-replay"), store.clone())
+        .add(Credits {
+            topic: topic.clone(),
+        })
+        .start()
+        .await
+        .unwrap();
+    let stats = replay
+        .wait_for_messages(1000, Duration::from_secs(120))
+        .await;
+    replay.shutdown().await;
+    assert_eq!(stats.messages, 1000, "{stats:?}");
+    assert_eq!(stats.duplicates, 1000, "{stats:?}");
+    assert_eq!(stats.decided, 0, "{stats:?}");
+    assert_eq!(credited(&store).await, 1000, "a replay appended events");
+
+    // The first group committed its offsets: restarting it delivers nothing.
+    let again = TranslatorRunner::new(config, &group, store.clone())
+        .add(Credits {
+            topic: topic.clone(),
+        })
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stats = again.stats();
+    again.shutdown().await;
+    assert_eq!(stats.decided, 0, "{stats:?}");
+    assert_eq!(credited(&store).await, 1000);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_rejected_messages_are_recorded_dead_and_the_partition_moves_on() {
+    let brokers = brokers();
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let topic = unique("dcb-garbage");
+    create_topic(&brokers, &topic, 1).await;
+    let config = KafkaConfig::new(&brokers);
+    let publisher = Publisher::connect(&config).await.unwrap();
+    publish(&publisher, &topic, "a", credit("a", 5)).await;
+    publish(&publisher, &topic, "b", b"\x00 not json {".to_vec()).await;
+    publish(&publisher, &topic, "c", credit("c", -3)).await;
+    publish(&publisher, &topic, "d", credit("d", 7)).await;
+
+    let runner = TranslatorRunner::new(config, unique("dcb-garbage-group"), store.clone())
+        .add(Credits {
+            topic: topic.clone(),
+        })
+        .start()
+        .await
+        .unwrap();
+    let stats = runner.wait_for_messages(4, Duration::from_secs(60)).await;
+    let dead = runner.dead_messages(10).await.unwrap();
+    runner.shutdown().await;
+    assert_eq!(stats.messages, 4, "{stats:?}");
+    assert_eq!(stats.decided, 2, "{stats:?}");
+    assert_eq!(stats.dead, 2, "{stats:?}");
+    assert_eq!(
+        credited(&store).await,
+        2,
+        "the messages after the dead ones were processed"
+    );
+
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let garbage = dead
+        .iter()
+        .find(|d| d.offset == 1)
+        .expect("garbage recorded");
+    assert_eq!(garbage.kind, DeadKind::Undecodable);
+    assert_eq!(garbage.topic, topic);
+    assert_eq!(garbage.key.as_deref(), Some(&b"b"[..]));
+    assert_eq!(garbage.payload.as_deref(), Some(&b"\x00 not json {"[..]));
+    assert!(garbage.reason.contains("JSON"), "{}", garbage.reason);
+    let rejected = dead
+        .iter()
+        .find(|d| d.offset == 2)
+        .expect("rejection recorded");
+    assert_eq!(rejected.kind, DeadKind::Rejected);
+    assert!(rejected.reason.contains("positive"), "{}", rejected.reason);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_fails_clearly_when_the_broker_is_unreachable() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let config = KafkaConfig::new("127.0.0.1:1").connect_timeout(Duration::from_secs(2));
+    let error = TranslatorRunner::new(config.clone(), "g", store)
+        .add(Credits { topic: "t".into() })
+        .start()
+        .await
+        .expect_err("no broker listens on port 1");
+    assert!(
+        matches!(error, KafkaError::BrokerUnreachable { .. }),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(Publisher::connect(&config)
+        .await
+        .unwrap_err()
+        .is_unreachable());
+    db.cleanup().await;
+}
