@@ -33,9 +33,9 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 # Two test binaries at a time on two cores: the concurrency tests start
 # many tasks and connections of their own.
-cargo test --workspace --locked -- --test-threads 4
+cargo test --workspace -- --test-threads 4
