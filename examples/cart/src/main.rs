@@ -1,210 +1,230 @@
-//! A preview of the cart example on the in-memory store.
+//! `cart`: the cart example's server.
 //!
-//! It runs a few cart commands through the real `DecisionMaker` and prints
-//! what each one decided. The full example (HTTP server on PostgreSQL, read
-//! models, Kafka) replaces this program; the rules here already follow
-//! `cart.md`: at most three items, no duplicate item, nothing changes after
-//! submission.
+//! ```text
+//! cart [serve] [--port 3000] [--host 127.0.0.1]   # the HTTP server (default)
+//! cart reset-cart-items                           # rebuild CartItems from DB
+//! ```
+//!
+//! Environment: `DATABASE_URL` (without it, a private PostgreSQL is started
+//! with `scripts/postgres.sh start`, data in `.dcb/postgres`), `KAFKA_BROKERS`
+//! (without it, Kafka is off), `RUST_LOG`.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
-use dcb_core::{
-    Decision, DecisionError, DecisionMaker, Event, InMemoryEventStore, StateMutate, StateQuery,
-};
-use uuid::Uuid;
+use cart::app::{self, App, Config};
+use cart::slices::cart_items_db::CartItemsDbListener;
+use clap::{Parser, Subcommand};
+use dcb_core::BoxError;
+use dcb_kafka::KafkaConfig;
+use dcb_postgres::listener::ListenerRunner;
 
-/// The cart's events (a subset of the full example's).
-// The event names are the book's; the shared prefix is part of them.
-#[allow(clippy::enum_variant_names)]
-#[derive(Event, Debug, Clone, PartialEq)]
-#[stream(CartStream, [CartCreated, CartItemAdded, CartItemRemoved, CartSubmitted])]
-enum CartEvent {
-    CartCreated {
-        #[id]
-        cart_id: Uuid,
-    },
-    CartItemAdded {
-        #[id]
-        cart_id: Uuid,
-        #[id]
-        item_id: Uuid,
-        description: String,
-        /// Price in cents; the full example uses decimals.
-        price_cents: u64,
-    },
-    CartItemRemoved {
-        #[id]
-        cart_id: Uuid,
-        #[id]
-        item_id: Uuid,
-    },
-    CartSubmitted {
-        #[id]
-        cart_id: Uuid,
-        total_cents: u64,
-    },
+#[derive(Parser)]
+#[command(name = "cart", version, about = "The cart example of dcb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// What the cart commands need to know about one cart.
-#[derive(StateQuery, Clone, Debug)]
-#[state_query(CartStream)]
-struct Cart {
-    #[id]
-    cart_id: Uuid,
-    exists: bool,
-    items: Vec<(Uuid, u64)>,
-    submitted: bool,
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the HTTP server (the default).
+    Serve(ServeArgs),
+    /// Empties the CartItems-from-DB tables and rebuilds them from the log,
+    /// showing progress.
+    ResetCartItems,
 }
 
-impl Cart {
-    fn new(cart_id: Uuid) -> Self {
-        Cart {
-            cart_id,
-            exists: false,
-            items: Vec::new(),
-            submitted: false,
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    port: u16,
+    /// The address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// How long (seconds) a cart's publication is retried before
+    /// `CartPublicationFailed` is recorded.
+    #[arg(long, env = "CART_PUBLISH_DEADLINE_SECS", default_value_t = 3600)]
+    publish_deadline_secs: u64,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            port: 3000,
+            host: IpAddr::from([127, 0, 0, 1]),
+            publish_deadline_secs: 3600,
         }
     }
 }
 
-impl StateMutate for Cart {
-    fn mutate(&mut self, event: CartStream) {
-        match event {
-            CartStream::CartCreated { .. } => self.exists = true,
-            CartStream::CartItemAdded {
-                item_id,
-                price_cents,
-                ..
-            } => self.items.push((item_id, price_cents)),
-            CartStream::CartItemRemoved { item_id, .. } => {
-                self.items.retain(|(id, _)| *id != item_id)
-            }
-            CartStream::CartSubmitted { .. } => self.submitted = true,
+fn main() -> ExitCode {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    }
-}
-
-/// A broken cart rule.
-#[derive(Debug, PartialEq, thiserror::Error)]
-enum CartError {
-    #[error("the cart was submitted and cannot be altered")]
-    CartCannotBeAltered,
-    #[error("the cart already holds three items")]
-    CartFull,
-    #[error("the item is already in the cart")]
-    ItemAlreadyInCart,
-    #[error("an empty cart cannot be submitted")]
-    CannotSubmitEmptyCart,
-}
-
-struct AddItem {
-    cart_id: Uuid,
-    item_id: Uuid,
-    description: String,
-    price_cents: u64,
-}
-
-impl Decision for AddItem {
-    type Event = CartEvent;
-    type StateQuery = Cart;
-    type Error = CartError;
-
-    fn state_query(&self) -> Cart {
-        Cart::new(self.cart_id)
-    }
-
-    fn process(&self, cart: &Cart) -> Result<Vec<CartEvent>, CartError> {
-        if cart.submitted {
-            return Err(CartError::CartCannotBeAltered);
-        }
-        if cart.items.len() >= 3 {
-            return Err(CartError::CartFull);
-        }
-        if cart.items.iter().any(|(id, _)| *id == self.item_id) {
-            return Err(CartError::ItemAlreadyInCart);
-        }
-        let mut events = Vec::new();
-        if !cart.exists {
-            events.push(CartEvent::CartCreated {
-                cart_id: self.cart_id,
-            });
-        }
-        events.push(CartEvent::CartItemAdded {
-            cart_id: self.cart_id,
-            item_id: self.item_id,
-            description: self.description.clone(),
-            price_cents: self.price_cents,
-        });
-        Ok(events)
-    }
-}
-
-struct SubmitCart {
-    cart_id: Uuid,
-}
-
-impl Decision for SubmitCart {
-    type Event = CartEvent;
-    type StateQuery = Cart;
-    type Error = CartError;
-
-    fn state_query(&self) -> Cart {
-        Cart::new(self.cart_id)
-    }
-
-    fn process(&self, cart: &Cart) -> Result<Vec<CartEvent>, CartError> {
-        if cart.submitted {
-            return Err(CartError::CartCannotBeAltered);
-        }
-        if cart.items.is_empty() {
-            return Err(CartError::CannotSubmitEmptyCart);
-        }
-        let total_cents = cart.items.iter().map(|(_, p)| p).sum();
-        Ok(vec![CartEvent::CartSubmitted {
-            cart_id: self.cart_id,
-            total_cents,
-        }])
-    }
-}
-
-fn report<D: Decision>(
-    what: &str,
-    outcome: Result<dcb_core::Decided<D::Event>, DecisionError<D::Error>>,
-) where
-    D::Event: std::fmt::Debug,
-{
-    match outcome {
-        Ok(decided) => {
-            println!("{what}: accepted");
-            for e in &decided.events {
-                println!("    #{} {:?}", e.position, e.event);
-            }
-        }
-        Err(DecisionError::Rejected(rule)) => println!("{what}: rejected: {rule}"),
-        Err(other) => println!("{what}: failed: {other}"),
-    }
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    println!("dcb cart preview: cart commands against the in-memory event store\n");
-    let store = Arc::new(InMemoryEventStore::new());
-    let maker = DecisionMaker::new(store.clone());
-    let cart_id = Uuid::new_v4();
-    let item = |n: u64| AddItem {
-        cart_id,
-        item_id: Uuid::from_u128(n as u128),
-        description: format!("item {n}"),
-        price_cents: 1000 * n,
     };
-
-    report::<AddItem>("add item 1", maker.make(item(1)).await);
-    report::<AddItem>("add item 1 again", maker.make(item(1)).await);
-    for n in 2..=4 {
-        report::<AddItem>(&format!("add item {n}"), maker.make(item(n)).await);
+    let result = runtime.block_on(async move {
+        match cli.command {
+            None => serve(ServeArgs::default(), started).await,
+            Some(Command::Serve(args)) => serve(args, started).await,
+            Some(Command::ResetCartItems) => reset_cart_items().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cart failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
-    report::<SubmitCart>("submit", maker.make(SubmitCart { cart_id }).await);
-    report::<AddItem>("add item 5 after submit", maker.make(item(5)).await);
+}
 
-    println!("\nthe log holds {} events", store.all_events().len());
+/// `DATABASE_URL`, or the URL of a private PostgreSQL started by the
+/// repository's `scripts/postgres.sh`.
+async fn database_url() -> Result<String, BoxError> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.trim().is_empty() {
+            tracing::info!("using the PostgreSQL of DATABASE_URL");
+            return Ok(url);
+        }
+    }
+    let candidates = [
+        PathBuf::from("scripts/postgres.sh"),
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/postgres.sh"
+        )),
+    ];
+    let Some(script) = candidates.iter().find(|p| p.is_file()) else {
+        return Err(
+            "DATABASE_URL is not set and scripts/postgres.sh was not found; \
+                    set DATABASE_URL=postgres://user@host:port/db"
+                .into(),
+        );
+    };
+    tracing::info!(
+        script = %script.display(),
+        "DATABASE_URL is not set: starting (or reusing) a private PostgreSQL from this machine's \
+         binaries, data in .dcb/postgres"
+    );
+    let output = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg("start")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .await?;
+    if !output.status.success() {
+        return Err(format!("{} start failed ({})", script.display(), output.status).into());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let url = stdout
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with("postgres"))
+        .ok_or("scripts/postgres.sh printed no URL")?
+        .to_owned();
+    tracing::info!(%url, "private PostgreSQL is up");
+    Ok(url)
+}
+
+async fn serve(args: ServeArgs, started: Instant) -> Result<(), BoxError> {
+    let database_url = database_url().await?;
+    let mut config = Config::new(database_url);
+    config.listen = SocketAddr::new(args.host, args.port);
+    config.publish_deadline = Duration::from_secs(args.publish_deadline_secs);
+    config.kafka = match std::env::var("KAFKA_BROKERS") {
+        Ok(brokers) if !brokers.trim().is_empty() => {
+            tracing::info!(%brokers, "Kafka is on: translating `inventories` and `price-changes`, publishing to `published-carts`");
+            Some(KafkaConfig::new(brokers))
+        }
+        _ => {
+            tracing::info!(
+                "KAFKA_BROKERS is not set: Kafka is off (no translators for `inventories` and \
+                 `price-changes`, no publishing to `published-carts`)"
+            );
+            None
+        }
+    };
+    let app = App::start(config).await?;
+    tracing::info!(
+        addr = %app.addr(),
+        ready_after_ms = started.elapsed().as_millis() as u64,
+        "ready: try curl http://{}/healthcheck",
+        app.addr()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+async fn reset_cart_items() -> Result<(), BoxError> {
+    let database_url = database_url().await?;
+    let (store, _queue) = app::connect(&database_url).await?;
+    let runner = ListenerRunner::new(&store)
+        .transactional(CartItemsDbListener)
+        .start()
+        .await?;
+    println!("rebuilding CartItems from DB ({})", CartItemsDbListener::ID);
+    let done = runner
+        .rebuild(CartItemsDbListener::ID, |p| {
+            println!(
+                "  {:>5.1}%  position {} of {}  ({} events, {:.0} events/s)",
+                p.fraction * 100.0,
+                p.position.0,
+                p.target.0,
+                p.events_done,
+                p.events_per_sec
+            );
+        })
+        .await;
+    runner.shutdown().await;
+    store.shutdown().await;
+    let done = done?;
+    println!(
+        "done: {} events in {:.2}s",
+        done.events_done,
+        done.elapsed.as_secs_f64()
+    );
+    Ok(())
 }

@@ -1,0 +1,231 @@
+//! Wiring: the store, the read models' listeners, the archive automation,
+//! the publication queue and the HTTP server, started and stopped together.
+//! The binary and the integration tests both start the server this way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dcb_core::{BoxError, DecisionMaker, EventStore, RetryPolicy};
+use dcb_kafka::{KafkaConfig, Publisher, TranslatorHandle, TranslatorRunner};
+use dcb_postgres::listener::{ListenerRunner, RunnerHandle};
+use dcb_postgres::queue::{WorkQueue, Workers, WorkersHandle};
+use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::kafka::{InventoriesTranslator, KafkaCartPublisher, PriceChangesTranslator, GROUP_ID};
+use crate::slices::archive_item::ArchiveOnPriceChange;
+use crate::slices::cart_items_db::CartItemsDbListener;
+use crate::slices::carts_with_products::CartsWithProductsListener;
+use crate::slices::inventories::InventoriesListener;
+use crate::slices::publish_cart::{
+    CartPublisher, EnqueuePublication, PublishCartJob, PublishCartProcessor,
+    DEFAULT_PUBLISH_DEADLINE,
+};
+
+/// A shared publisher (Kafka in the server, a recorder in tests).
+pub type SharedPublisher = Arc<dyn CartPublisher>;
+
+#[async_trait]
+impl CartPublisher for SharedPublisher {
+    async fn publish(&self, job: &PublishCartJob) -> Result<(), BoxError> {
+        (**self).publish(job).await
+    }
+}
+
+/// How to start the app.
+pub struct Config {
+    /// The PostgreSQL URL.
+    pub database_url: String,
+    /// Where to listen (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where submitted carts are published; `None` turns publishing off (the
+    /// enqueueing listener does not run, so carts submitted meanwhile are
+    /// published when it runs again).
+    pub publisher: Option<SharedPublisher>,
+    /// How long a publication is retried before `CartPublicationFailed`.
+    pub publish_deadline: Duration,
+    /// Kafka: with it, the translators of `inventories` and `price-changes`
+    /// run, and (unless `publisher` is set) carts are published to
+    /// `published-carts`.
+    pub kafka: Option<KafkaConfig>,
+    /// The translators' consumer group (default [`GROUP_ID`]).
+    pub kafka_group: String,
+}
+
+impl Config {
+    /// Defaults: port 3000 on localhost, no publisher, one-hour deadline.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Config {
+            database_url: database_url.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            publisher: None,
+            publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+            kafka: None,
+            kafka_group: GROUP_ID.to_owned(),
+        }
+    }
+}
+
+/// The decision maker's retries: generous enough that twenty racers on one
+/// cart all get a real answer instead of a conflict.
+pub fn retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 64,
+        base_delay: Duration::from_millis(2),
+        max_delay: Duration::from_millis(100),
+        retry_unavailable: false,
+    }
+}
+
+/// Connects the store and migrates the store, queue and read-model tables.
+///
+/// # Errors
+/// The database cannot be reached or migrated.
+pub async fn connect(database_url: &str) -> Result<(PgEventStore, WorkQueue), BoxError> {
+    let store = PgEventStore::connect(database_url).await?;
+    crate::db::migrate(store.pool()).await?;
+    let queue = WorkQueue::new(store.pool().clone(), DEFAULT_SCHEMA);
+    queue.migrate().await?;
+    Ok((store, queue))
+}
+
+/// The read models' listeners and the automation, on one runner.
+///
+/// # Errors
+/// The runner does not start.
+pub async fn start_listeners(
+    store: &PgEventStore,
+    queue: &WorkQueue,
+    config: &Config,
+) -> Result<RunnerHandle, BoxError> {
+    let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+    let maker = DecisionMaker::new(shared).with_retry(retry_policy());
+    let mut runner = ListenerRunner::new(store)
+        .transactional(CartItemsDbListener)
+        .transactional(CartsWithProductsListener)
+        .transactional(InventoriesListener)
+        .at_least_once(ArchiveOnPriceChange::new(maker));
+    if config.publisher.is_some() {
+        runner = runner.transactional(EnqueuePublication::new(
+            queue.clone(),
+            config.publish_deadline,
+        ));
+    }
+    Ok(runner.start().await?)
+}
+
+/// The running app.
+pub struct App {
+    addr: SocketAddr,
+    store: PgEventStore,
+    listeners: RunnerHandle,
+    workers: Option<WorkersHandle>,
+    translators: Option<TranslatorHandle>,
+    stop_http: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl App {
+    /// Connects, migrates, starts the listeners, the publication workers (with
+    /// a publisher) and the HTTP server.
+    ///
+    /// # Errors
+    /// The database is unreachable, or the address is taken.
+    pub async fn start(mut config: Config) -> Result<App, BoxError> {
+        if let (Some(kafka), None) = (&config.kafka, &config.publisher) {
+            let publisher = KafkaCartPublisher::new(Publisher::new(kafka)?);
+            config.publisher = Some(Arc::new(publisher));
+        }
+        let (store, queue) = connect(&config.database_url).await?;
+        let listeners = start_listeners(&store, &queue, &config).await?;
+        let workers = match &config.publisher {
+            Some(publisher) => Some(
+                Workers::new(queue.clone(), store.clone())
+                    .register(PublishCartProcessor::new(publisher.clone()))
+                    .start()
+                    .await?,
+            ),
+            None => None,
+        };
+        let translators = match &config.kafka {
+            Some(kafka) => Some(
+                TranslatorRunner::new(kafka.clone(), config.kafka_group.clone(), store.clone())
+                    .add(InventoriesTranslator)
+                    .add(PriceChangesTranslator)
+                    .start()
+                    .await?,
+            ),
+            None => None,
+        };
+        let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+        let state = crate::http::AppState {
+            maker: DecisionMaker::new(shared.clone()).with_retry(retry_policy()),
+            store: shared,
+            pool: store.pool().clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop_http, mut stopped) = watch::channel(false);
+        let router = crate::http::router(state);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "cart server listening");
+        Ok(App {
+            addr,
+            store,
+            listeners,
+            workers,
+            translators,
+            stop_http,
+            server,
+        })
+    }
+
+    /// The Kafka translators, when Kafka is on.
+    pub fn translators(&self) -> Option<&TranslatorHandle> {
+        self.translators.as_ref()
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The store.
+    pub fn store(&self) -> &PgEventStore {
+        &self.store
+    }
+
+    /// The listeners (for `wait_until`, status and rebuilds).
+    pub fn listeners(&self) -> &RunnerHandle {
+        &self.listeners
+    }
+
+    /// Stops gracefully: HTTP first (requests in flight finish), then Kafka
+    /// consumers, workers (running jobs get ten seconds) and listeners.
+    pub async fn shutdown(self) {
+        self.stop_http.send_replace(true);
+        match self.server.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+        if let Some(translators) = self.translators {
+            translators.shutdown().await;
+        }
+        if let Some(workers) = self.workers {
+            workers.shutdown(Duration::from_secs(10)).await;
+        }
+        self.listeners.shutdown().await;
+        self.store.shutdown().await;
+        tracing::info!("cart server stopped");
+    }
+}

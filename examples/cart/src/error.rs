@@ -1,0 +1,46 @@
+//! The cart's business rules, as errors.
+
+/// A broken cart rule. [`CartError::code`] is the `error` field of the HTTP
+/// answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CartError {
+    /// The cart has no events.
+    #[error("the cart does not exist")]
+    CartDoesNotExist,
+    /// The cart was submitted.
+    #[error("the cart was submitted and cannot be altered")]
+    CartCannotBeAltered,
+    /// The cart holds three items.
+    #[error("the cart already holds three items")]
+    CartFull,
+    /// The item is not in the cart (never added, removed, archived, cleared).
+    #[error("the item is not in the cart")]
+    ItemNotInCart,
+    /// The item id is already in the cart.
+    #[error("the item is already in the cart")]
+    ItemAlreadyInCart,
+    /// The cart has no items.
+    #[error("an empty cart cannot be submitted")]
+    CannotSubmitEmptyCart,
+    /// The cart was submitted before.
+    #[error("the cart was already submitted")]
+    CannotSubmitCartTwice,
+}
+
+impl CartError {
+    /// The stable code of the rule (the variant's name).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CartError::CartDoesNotExist => "CartDoesNotExist",
+            CartError::CartCannotBeAltered => "CartCannotBeAltered",
+            CartError::CartFull => "CartFull",
+            CartError::ItemNotInCart => "ItemNotInCart",
+            CartError::ItemAlreadyInCart => "ItemAlreadyInCart",
+            CartError::CannotSubmitEmptyCart => "CannotSubmitEmptyCart",
+            CartError::CannotSubmitCartTwice => "CannotSubmitCartTwice",
+        }
+    }
+}
+
+/// The most items a cart holds.
+pub const MAX_ITEMS: usize = 3;
