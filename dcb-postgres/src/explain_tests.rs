@@ -7,9 +7,10 @@ use std::time::Instant;
 use dcb_core::{AppendCondition, Position, Query, QueryItem, Tag};
 use sqlx::{Executor, Row};
 
+use crate::migrations::{render, EVENT_STORE_STEPS};
 use crate::sql::{self, bind_all, Bind, Sql};
 use crate::testing::TestDatabase;
-use crate::writer::check_statement;
+use crate::writer::Batch;
 
 const EVENTS: i64 = 1_000_000;
 
@@ -163,23 +164,122 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     binds[2] = Bind::I64(1000);
     explain(&db, &page, &binds).await;
 
-    // The batch check: two conditions (with and without `after`) and ids.
+    // The batch check: the very statement `append_batch` runs (cut out of
+    // the migration step that installs it), with a batch of two conditions
+    // (with and without `after`) bound the way the writer binds them.
+    let step = render(EVENT_STORE_STEPS[1], "dcb");
+    let begin = step.find("-- condition check: begin").unwrap();
+    let end = step.find("-- condition check: end").unwrap();
+    let check = Sql {
+        text: step[begin..end].to_string(),
+        binds: Vec::new(),
+    };
     let with_after = AppendCondition::not_after(query.clone(), Some(Position(990_000)));
     let uniqueness = AppendCondition::never_matched(Query::tags([Tag::new("acc", 12)]));
-    let check = check_statement(
-        "dcb",
-        &[(0, &with_after), (1, &uniqueness)],
-        vec![uuid::Uuid::new_v4(), uuid::Uuid::new_v4()],
+    let by_type = AppendCondition::not_after(Query::types(["RatesChanged"]), Some(Position(1)));
+    let two_tags =
+        AppendCondition::never_matched(Query::tags([Tag::new("acc", 13), Tag::new("kind", 7)]));
+    // acc:4242's last event is at 904,242 (an `Opened`).
+    let account_since = AppendCondition::not_after(
+        Query::from_items([QueryItem::new()
+            .types(["Opened", "Deposited"])
+            .tags([Tag::new("acc", 4242)])]),
+        Some(Position(900_000)),
     );
-    let plan = explain(&db, &check, &check.binds).await;
-    assert!(plan.iter().any(|(n, _)| n.contains("Index")), "{plan:?}");
-    // And it actually runs fast.
+    let event = dcb_core::EventRecord {
+        event_type: "Opened".into(),
+        tags: vec![],
+        payload: vec![],
+        metadata: dcb_core::EventMetadata::new(),
+    };
+    let events = [event];
+    let batch = Batch::from_parts(&[
+        (&events[..], Some(&with_after)),
+        (&events[..], Some(&uniqueness)),
+        (&events[..], Some(&by_type)),
+        (&events[..], Some(&two_tags)),
+        (&events[..], Some(&account_since)),
+    ]);
+    fn bind<'q>(
+        text: &'q str,
+        batch: &Batch,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(text)
+            .bind(batch.c_request.clone())
+            .bind(batch.c_after.clone())
+            .bind(batch.c_probe.clone())
+            .bind(batch.c_types.clone())
+            .bind(batch.c_tags.clone())
+    }
+    let explain_text = format!("EXPLAIN (FORMAT JSON) {}", check.text);
+    let row = bind(&explain_text, &batch)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let plan: serde_json::Value = row.get(0);
+    let mut nodes = Vec::new();
+    scans(&plan, &mut nodes);
+    assert!(
+        !nodes.iter().any(|(node, relation)| node == "Seq Scan"
+            && (relation == "events" || relation == "event_tags")),
+        "sequential scan in the plan of\n{}\n{plan:#}",
+        check.text
+    );
+    for relation in ["event_tags", "events"] {
+        assert!(
+            nodes
+                .iter()
+                .any(|(n, r)| n.starts_with("Index") && r == relation),
+            "no index scan of {relation}: {nodes:?}"
+        );
+    }
+    // And it actually runs fast, and finds what it should: the uniqueness
+    // check (acc:12 exists) and acc:4242 since 900,000 fail; acc:4242 since
+    // 990,000 does not (its RatesChanged item is a type-only item, checked
+    // apart); acc:13 is probed but no event of it has kind:7 (the re-check
+    // of the other tag).
     let t = Instant::now();
-    check.query().fetch_all(db.pool()).await.unwrap();
+    let mut failed: Vec<i32> = bind(&check.text, &batch)
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     eprintln!(
         "batch check took {:?}; whole test {:?}",
         t.elapsed(),
         started.elapsed()
+    );
+    failed.sort_unstable();
+    assert_eq!(failed, vec![2, 5]);
+
+    // Type-only items: the statement the function EXECUTEs per item (planned
+    // with its values), with a rare type and a recent `after`.
+    let begin = step.find("-- type check: begin").unwrap();
+    let end = step.find("-- type check: end").unwrap();
+    let quoted = step[begin..end].lines().nth(1).unwrap().trim();
+    let by_type = Sql {
+        text: quoted.trim_matches('\'').to_string(),
+        binds: Vec::new(),
+    };
+    let text = format!("EXPLAIN (FORMAT JSON) {}", by_type.text);
+    let row = sqlx::query(&text)
+        .bind(vec!["RatesChanged".to_string()])
+        .bind(990_000i64)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let plan: serde_json::Value = row.get(0);
+    let mut nodes = Vec::new();
+    scans(&plan, &mut nodes);
+    assert!(
+        nodes
+            .iter()
+            .any(|(n, r)| n.starts_with("Index") && r == "events")
+            && !nodes.iter().any(|(n, _)| n == "Seq Scan"),
+        "{}\n{plan:#}",
+        by_type.text
     );
     db.cleanup().await;
 }

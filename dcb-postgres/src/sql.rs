@@ -1,4 +1,6 @@
-//! Generates the SQL of reads and condition checks from a [`Query`].
+//! Generates the SQL of reads from a [`Query`]. (Condition checks run inside
+//! the `append_batch` function, migration step 2, with the same index
+//! shapes.)
 //!
 //! Every statement binds its values; only the (validated) schema name is
 //! spliced into the text. The shapes:
@@ -21,8 +23,6 @@ pub(crate) enum Bind {
     Text(String),
     /// A text array.
     TextArray(Vec<String>),
-    /// A uuid array.
-    UuidArray(Vec<uuid::Uuid>),
 }
 
 /// SQL text under construction, with its bound values.
@@ -45,11 +45,6 @@ impl Sql {
     pub(crate) fn push(&mut self, text: &str) {
         self.text.push_str(text);
     }
-
-    /// A sqlx query over this statement with its values bound.
-    pub(crate) fn query(&self) -> SqlxQuery<'_, Postgres, PgArguments> {
-        bind_all(sqlx::query(&self.text), &self.binds)
-    }
 }
 
 /// Binds `binds` to `query` in order.
@@ -62,7 +57,6 @@ pub(crate) fn bind_all<'q>(
             Bind::I64(v) => query.bind(*v),
             Bind::Text(v) => query.bind(v.clone()),
             Bind::TextArray(v) => query.bind(v.clone()),
-            Bind::UuidArray(v) => query.bind(v.clone()),
         };
     }
     query
@@ -215,28 +209,4 @@ pub(crate) fn read_page(
         sql.push(&page);
     }
     Some(sql)
-}
-
-/// `EXISTS (...)` that is true when an event matching `query` lies in
-/// `range`. `None` for a query that matches nothing.
-pub(crate) fn exists(sql: &mut Sql, schema: &str, query: &Query, range: &Range) -> Option<String> {
-    if query.is_none() {
-        return None;
-    }
-    if query.is_all() {
-        return Some(format!(
-            "EXISTS (SELECT 1 FROM {schema}.events e WHERE {})",
-            range.predicate("e.position")
-        ));
-    }
-    let mut branches = Vec::new();
-    let mut seen: Vec<&QueryItem> = Vec::new();
-    for item in query.items() {
-        if seen.contains(&item) {
-            continue;
-        }
-        seen.push(item);
-        branches.push(item_positions(sql, schema, item, range));
-    }
-    Some(format!("EXISTS ({})", branches.join(" UNION ALL ")))
 }

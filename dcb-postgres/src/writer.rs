@@ -1,21 +1,25 @@
-//! The writer task: group commit of queued appends, one transaction per batch.
+//! The writer task: group commit of queued appends.
 //!
-//! Per batch, four round trips whatever its size: `BEGIN` with the head row
-//! lock; one statement reading the head and checking every request's
-//! condition and every event id; one statement inserting all events and tags
-//! (UNNEST), moving the head and notifying; `COMMIT`. (Three when every
-//! request fails: no insert, `ROLLBACK`.)
+//! Per batch, one round trip whatever its size: an autocommit call of
+//! `{schema}.append_batch(...)` (migration step 2), which locks the head row,
+//! checks every request's condition against the stored events and against
+//! the batch's earlier accepted requests, checks event ids, inserts the
+//! accepted events and tags, moves the head, notifies, and returns one
+//! outcome per request. The head lock is held for that one statement and its
+//! commit only, and the statements inside the function are planned once per
+//! session (the old dynamic check statement was parsed and planned again for
+//! nearly every batch).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use dcb_core::{AppendCondition, AppendResult, EventRecord, Position, StoreError};
-use sqlx::{PgPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Row};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::error::store_error_ref;
 use crate::row::metadata_json;
-use crate::sql::{self, Bind, Range, Sql};
 
 /// What the store sends the writer.
 pub(crate) enum Message {
@@ -43,7 +47,15 @@ pub(crate) struct WriterConfig {
 /// Serves the queue until it closes or a shutdown message arrives.
 pub(crate) async fn run(config: WriterConfig, mut receiver: mpsc::Receiver<Message>) {
     let mut buffer = Vec::with_capacity(config.max_batch_size);
+    // The writer keeps its connection while requests keep coming: taking one
+    // from the pool costs a round trip (sqlx pings an idle connection before
+    // handing it out) on the writer's serial path. It hands it back whenever
+    // the queue runs dry, so a small pool is never starved by an idle writer.
+    let mut connection: Option<PoolConnection<Postgres>> = None;
     loop {
+        if receiver.is_empty() {
+            connection = None;
+        }
         if receiver.recv_many(&mut buffer, config.max_batch_size).await == 0 {
             break;
         }
@@ -59,7 +71,7 @@ pub(crate) async fn run(config: WriterConfig, mut receiver: mpsc::Receiver<Messa
             }
         }
         if !requests.is_empty() {
-            commit_batch(&config, requests).await;
+            commit_batch(&config, &mut connection, requests).await;
         }
         if stop {
             receiver.close();
@@ -74,7 +86,11 @@ pub(crate) async fn run(config: WriterConfig, mut receiver: mpsc::Receiver<Messa
     tracing::debug!(schema = %config.schema, "event store writer stopped");
 }
 
-async fn commit_batch(config: &WriterConfig, requests: Vec<Request>) {
+async fn commit_batch(
+    config: &WriterConfig,
+    connection: &mut Option<PoolConnection<Postgres>>,
+    requests: Vec<Request>,
+) {
     let events: usize = requests.iter().map(|r| r.events.len()).sum();
     let span = tracing::debug_span!(
         "dcb.pg.append_batch",
@@ -85,10 +101,11 @@ async fn commit_batch(config: &WriterConfig, requests: Vec<Request>) {
         head = tracing::field::Empty,
     );
     async {
+        let batch = Batch::new(&requests);
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            match try_batch(config, &requests).await {
+            match try_batch(config, connection, &batch, &requests).await {
                 // A unique violation means a row arrived that the up-front id
                 // check could not see (a writer bypassing the head lock); the
                 // transaction is gone, so check again from scratch.
@@ -125,196 +142,264 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-fn raw(position: Position) -> i64 {
-    i64::try_from(position.0).unwrap_or(i64::MAX)
+fn raw(position: Option<Position>) -> i64 {
+    position.map_or(0, |p| i64::try_from(p.0).unwrap_or(i64::MAX))
 }
 
-/// The one statement that checks a batch: a row `(NULL, NULL, head)`, a row
-/// `(request, NULL, NULL)` for each request whose condition matches a stored
-/// event, and a row `(NULL, id, NULL)` for each of `ids` already stored.
-pub(crate) fn check_statement(
-    schema: &str,
-    conditions: &[(usize, &AppendCondition)],
-    ids: Vec<uuid::Uuid>,
-) -> Sql {
-    let mut check = Sql::default();
-    let mut parts = vec![format!(
-        "SELECT NULL::int AS request, NULL::uuid AS event_id, h.position AS head FROM {schema}.head h"
-    )];
-    for (index, condition) in conditions {
-        let range = Range {
-            min: condition
-                .after
-                .map(|after| check.bind(Bind::I64(raw(after).saturating_add(1)))),
-            max: None,
-        };
-        if let Some(exists) =
-            sql::exists(&mut check, schema, &condition.fail_if_events_match, &range)
-        {
-            parts.push(format!(
-                "SELECT {index}::int, NULL::uuid, NULL::bigint WHERE {exists}"
-            ));
+/// A PostgreSQL array literal (`{"a","b"}`) of `items`, every element quoted,
+/// so any text survives: the function receives per-event and per-item lists
+/// as one text each (SQL arrays cannot be ragged) and casts them to `text[]`.
+pub(crate) fn array_literal<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("{");
+    for (index, item) in items.into_iter().enumerate() {
+        if index > 0 {
+            out.push(',');
         }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
     }
-    let ids_param = check.bind(Bind::UuidArray(ids));
-    parts.push(format!(
-        "SELECT NULL::int, e.event_id, NULL::bigint FROM {schema}.events e \
-         WHERE e.event_id = ANY({ids_param})"
-    ));
-    check.text = parts.join(" UNION ALL ");
-    check
+    out.push('}');
+    out
 }
 
-/// Runs one batch in one transaction; `Err` when the transaction failed (then
+/// A batch's arguments of `append_batch`, as arrays (see migration step 2
+/// for their meaning). Requests, events and items are numbered from 1.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// Per condition item: its request.
+    pub(crate) c_request: Vec<i32>,
+    /// Per item: its request's `after` (0: none).
+    pub(crate) c_after: Vec<i64>,
+    /// Per item: its first tag, the one `event_tags` is probed with.
+    pub(crate) c_probe: Vec<Option<String>>,
+    /// Per item: its types (array literal), or none for any type.
+    pub(crate) c_types: Vec<Option<String>>,
+    /// Per item: all its tags (array literal) when it has more than one.
+    pub(crate) c_tags: Vec<Option<String>>,
+    r_after: Vec<i64>,
+    r_last: Vec<i32>,
+    e_request: Vec<i32>,
+    e_type: Vec<String>,
+    e_tags: Vec<String>,
+    e_payload: Vec<Vec<u8>>,
+    e_metadata: Vec<String>,
+    e_id: Vec<uuid::Uuid>,
+    d_request: Vec<i32>,
+    d_event: Vec<i32>,
+    u_request: Vec<i32>,
+    u_event: Vec<i32>,
+    u_other: Vec<i32>,
+}
+
+fn number(index: usize) -> i32 {
+    i32::try_from(index + 1).unwrap_or(i32::MAX)
+}
+
+impl Batch {
+    /// Encodes `requests` in order.
+    pub(crate) fn new(requests: &[Request]) -> Batch {
+        let parts: Vec<(&[EventRecord], Option<&AppendCondition>)> = requests
+            .iter()
+            .map(|r| (r.events.as_slice(), r.condition.as_ref()))
+            .collect();
+        Batch::from_parts(&parts)
+    }
+
+    /// Encodes requests given as (events, condition), in order.
+    pub(crate) fn from_parts(requests: &[(&[EventRecord], Option<&AppendCondition>)]) -> Batch {
+        let mut batch = Batch::default();
+        // Which requests (0-based) carry each event id, and which events
+        // (0-based ordinals) carry each tag and type: the in-batch checks
+        // below look up candidates instead of scanning every earlier event.
+        let mut by_id: HashMap<uuid::Uuid, Vec<usize>> = HashMap::new();
+        let mut by_tag: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_type: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut events: Vec<(usize, &EventRecord)> = Vec::new();
+        for (index, (request_events, condition)) in requests.iter().enumerate() {
+            let first = events.len();
+            let after = raw(condition.and_then(|c| c.after));
+            batch.r_after.push(after);
+            if let Some(condition) = condition {
+                let mut seen = Vec::new();
+                for item in condition.fail_if_events_match.items() {
+                    if seen.contains(&item) {
+                        continue;
+                    }
+                    seen.push(item);
+                    batch.push_item(index, after, item);
+                }
+                // The earlier events of this batch this condition matches:
+                // per earlier request, its last one (the highest position).
+                let mut last_match: HashMap<usize, usize> = HashMap::new();
+                for item in &seen {
+                    let candidates: Box<dyn Iterator<Item = usize>> =
+                        if let Some(tag) = item.tags.first() {
+                            Box::new(by_tag.get(tag.as_str()).into_iter().flatten().copied())
+                        } else if !item.types.is_empty() {
+                            Box::new(
+                                item.types
+                                    .iter()
+                                    .filter_map(|t| by_type.get(t.as_str()))
+                                    .flatten()
+                                    .copied(),
+                            )
+                        } else {
+                            Box::new(0..first)
+                        };
+                    for ordinal in candidates {
+                        let (owner, event) = events[ordinal];
+                        if item.matches(event.event_type.as_str(), &event.tags) {
+                            let last = last_match.entry(owner).or_insert(ordinal);
+                            *last = (*last).max(ordinal);
+                        }
+                    }
+                }
+                let mut matched: Vec<usize> = last_match.into_values().collect();
+                matched.sort_unstable();
+                for ordinal in matched {
+                    batch.d_request.push(number(index));
+                    batch.d_event.push(number(ordinal));
+                }
+            }
+            for event in request_events.iter() {
+                let ordinal = events.len();
+                let id = event.metadata.event_id;
+                let earlier = by_id.entry(id).or_default();
+                for other in earlier.iter() {
+                    batch.u_request.push(number(index));
+                    batch.u_event.push(number(ordinal));
+                    batch.u_other.push(number(*other));
+                }
+                earlier.push(index);
+                batch.e_request.push(number(index));
+                batch.e_type.push(event.event_type.as_str().to_string());
+                batch
+                    .e_tags
+                    .push(array_literal(event.tags.iter().map(|t| t.as_str())));
+                batch.e_payload.push(event.payload.clone());
+                batch.e_metadata.push(metadata_json(&event.metadata));
+                batch.e_id.push(id);
+                events.push((index, event));
+            }
+            // Indexed only after the request's own condition was resolved:
+            // a condition is checked against earlier requests only.
+            for (ordinal, (_, event)) in events.iter().enumerate().skip(first) {
+                by_type
+                    .entry(event.event_type.as_str())
+                    .or_default()
+                    .push(ordinal);
+                let mut seen: Vec<&str> = Vec::new();
+                for tag in &event.tags {
+                    if !seen.contains(&tag.as_str()) {
+                        seen.push(tag.as_str());
+                        by_tag.entry(tag.as_str()).or_default().push(ordinal);
+                    }
+                }
+            }
+            batch
+                .r_last
+                .push(i32::try_from(events.len()).unwrap_or(i32::MAX));
+        }
+        batch
+    }
+
+    fn push_item(&mut self, request: usize, after: i64, item: &dcb_core::QueryItem) {
+        let mut types: Vec<&str> = item.types.iter().map(|t| t.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let mut tags: Vec<&str> = item.tags.iter().map(|t| t.as_str()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        self.c_request.push(number(request));
+        self.c_after.push(after);
+        self.c_probe
+            .push(item.tags.first().map(|t| t.as_str().to_string()));
+        self.c_types
+            .push((!types.is_empty()).then(|| array_literal(types)));
+        self.c_tags
+            .push((tags.len() > 1).then(|| array_literal(tags)));
+    }
+}
+
+/// Runs one batch as one autocommit call; `Err` when the call failed (then
 /// nothing of the batch is written).
 async fn try_batch(
     config: &WriterConfig,
+    connection: &mut Option<PoolConnection<Postgres>>,
+    batch: &Batch,
     requests: &[Request],
 ) -> Result<Vec<Result<AppendResult, StoreError>>, sqlx::Error> {
-    let schema = &config.schema;
-    // Every writer of every process takes the head row lock first, in the
-    // same round trip as BEGIN: positions are assigned and committed in lock
-    // order, so they are gapless and in commit order.
-    let mut tx = config
-        .pool
-        .begin_with(format!("BEGIN; SELECT 1 FROM {schema}.head FOR UPDATE"))
-        .await?;
-
-    // One statement reads the (locked) head, checks every condition against
-    // the stored log and finds every event id already taken. It runs after
-    // the lock, so its snapshot includes everything committed before us.
-    let conditions: Vec<(usize, &AppendCondition)> = requests
-        .iter()
-        .enumerate()
-        .filter_map(|(index, r)| r.condition.as_ref().map(|c| (index, c)))
-        .collect();
-    let ids: Vec<uuid::Uuid> = requests
-        .iter()
-        .flat_map(|r| r.events.iter().map(|e| e.metadata.event_id))
-        .collect();
-    let check = check_statement(schema, &conditions, ids);
-    let rows = check.query().fetch_all(&mut *tx).await?;
-    let mut failed = HashSet::new();
-    let mut taken = HashSet::new();
-    let mut head = None;
-    for row in &rows {
-        if let Some(position) = row.try_get::<Option<i64>, _>(2)? {
-            head = Some(position);
-        }
-        if let Some(index) = row.try_get::<Option<i32>, _>(0)? {
-            failed.insert(index as usize);
-        }
-        if let Some(id) = row.try_get::<Option<uuid::Uuid>, _>(1)? {
-            taken.insert(id);
-        }
-    }
-
-    let head = head.ok_or(sqlx::Error::RowNotFound)?;
-
-    // Each request in order, against the stored log (above) and against the
-    // requests accepted before it in this batch.
-    let mut next = head + 1;
-    let mut accepted: Vec<(i64, &EventRecord)> = Vec::new();
-    let mut batch_ids = HashSet::new();
-    let mut outcomes = Vec::with_capacity(requests.len());
-    for (index, request) in requests.iter().enumerate() {
-        if let Some(condition) = &request.condition {
-            let conflict = failed.contains(&index)
-                || accepted.iter().any(|(position, event)| {
-                    condition.after.is_none_or(|after| *position > raw(after))
-                        && condition
-                            .fail_if_events_match
-                            .matches(event.event_type.as_str(), &event.tags)
-                });
-            if conflict {
-                outcomes.push(Err(StoreError::ConditionFailed {
-                    after: condition.after,
-                }));
-                continue;
-            }
-        }
-        if let Some(id) = request
-            .events
-            .iter()
-            .map(|e| e.metadata.event_id)
-            .find(|id| taken.contains(id) || batch_ids.contains(id))
-        {
-            outcomes.push(Err(StoreError::DuplicateEventId(id)));
-            continue;
-        }
-        let first = next;
-        for event in &request.events {
-            accepted.push((next, event));
-            batch_ids.insert(event.metadata.event_id);
-            next += 1;
-        }
-        outcomes.push(Ok(AppendResult {
-            first: Position(first as u64),
-            last: Position((next - 1) as u64),
-        }));
-    }
-
-    if accepted.is_empty() {
-        tx.rollback().await?;
-        return Ok(outcomes);
-    }
-
-    let mut positions = Vec::with_capacity(accepted.len());
-    let mut types = Vec::with_capacity(accepted.len());
-    let mut tags = Vec::with_capacity(accepted.len());
-    let mut payloads = Vec::with_capacity(accepted.len());
-    let mut metadata = Vec::with_capacity(accepted.len());
-    let mut event_ids = Vec::with_capacity(accepted.len());
-    let mut tag_tags = Vec::new();
-    let mut tag_types = Vec::new();
-    let mut tag_positions = Vec::new();
-    for (position, event) in &accepted {
-        positions.push(*position);
-        types.push(event.event_type.as_str().to_string());
-        let event_tags: Vec<&str> = event.tags.iter().map(|t| t.as_str()).collect();
-        tags.push(serde_json::to_string(&event_tags).unwrap_or_else(|_| "[]".to_string()));
-        payloads.push(event.payload.clone());
-        metadata.push(metadata_json(&event.metadata));
-        event_ids.push(event.metadata.event_id);
-        let mut seen = HashSet::new();
-        for tag in &event.tags {
-            if seen.insert(tag.as_str()) {
-                tag_tags.push(tag.as_str().to_string());
-                tag_types.push(event.event_type.as_str().to_string());
-                tag_positions.push(*position);
-            }
-        }
-    }
-    let new_head = next - 1;
-    sqlx::query(&format!(
-        "WITH ev AS (
-            INSERT INTO {schema}.events (position, event_type, tags, payload, metadata, event_id)
-            SELECT u.position, u.event_type,
-                   ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)),
-                   u.payload, u.metadata::jsonb, u.event_id
-            FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::uuid[])
-                 AS u(position, event_type, tags, payload, metadata, event_id)
-        ), tg AS (
-            INSERT INTO {schema}.event_tags (tag, event_type, position)
-            SELECT * FROM UNNEST($7::text[], $8::text[], $9::bigint[])
-        ), hd AS (
-            UPDATE {schema}.head SET position = $10
-        )
-        SELECT pg_notify($11, $10::text)"
+    let conn = match connection {
+        Some(conn) => conn,
+        None => connection.insert(config.pool.acquire().await?),
+    };
+    let result = sqlx::query(&format!(
+        "SELECT outcome, first_position, last_position, duplicate FROM {}.append_batch(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        config.schema
     ))
-    .bind(positions)
-    .bind(types)
-    .bind(tags)
-    .bind(payloads)
-    .bind(metadata)
-    .bind(event_ids)
-    .bind(tag_tags)
-    .bind(tag_types)
-    .bind(tag_positions)
-    .bind(new_head)
+    .bind(&batch.c_request)
+    .bind(&batch.c_after)
+    .bind(&batch.c_probe)
+    .bind(&batch.c_types)
+    .bind(&batch.c_tags)
+    .bind(&batch.r_after)
+    .bind(&batch.r_last)
+    .bind(&batch.e_request)
+    .bind(&batch.e_type)
+    .bind(&batch.e_tags)
+    .bind(&batch.e_payload)
+    .bind(&batch.e_metadata)
+    .bind(&batch.e_id)
+    .bind(&batch.d_request)
+    .bind(&batch.d_event)
+    .bind(&batch.u_request)
+    .bind(&batch.u_event)
+    .bind(&batch.u_other)
     .bind(&config.channel)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    .fetch_all(&mut **conn)
+    .await;
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            // The connection may be broken (or mid-way through a failed
+            // statement); never hand it back for reuse.
+            if let Some(mut conn) = connection.take() {
+                conn.close_on_drop();
+            }
+            return Err(e);
+        }
+    };
+    if rows.len() != requests.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "append_batch returned {} outcomes for {} requests",
+            rows.len(),
+            requests.len()
+        )));
+    }
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for (row, request) in rows.iter().zip(requests) {
+        let outcome: i32 = row.try_get(0)?;
+        outcomes.push(match outcome {
+            0 => {
+                let first: i64 = row.try_get(1)?;
+                let last: i64 = row.try_get(2)?;
+                Ok(AppendResult {
+                    first: Position(first as u64),
+                    last: Position(last as u64),
+                })
+            }
+            1 => Err(StoreError::ConditionFailed {
+                after: request.condition.as_ref().and_then(|c| c.after),
+            }),
+            _ => Err(StoreError::DuplicateEventId(row.try_get(3)?)),
+        });
+    }
     Ok(outcomes)
 }
