@@ -74,6 +74,13 @@ impl TransactionalListener<PgTransaction> for InventoriesListener {
             inventory,
         } = event.event
         {
+            // Test hook, off by default: CART_FAIL_LISTENER_ON=<product id>
+            // makes this handler fail on that product's InventoryChanged (the
+            // listener blocks on it until restarted without the variable).
+            // Used by tests/faults_listener.rs.
+            if std::env::var("CART_FAIL_LISTENER_ON").is_ok_and(|p| p == product_id.to_string()) {
+                return Err(format!("CART_FAIL_LISTENER_ON: failing on {product_id}").into());
+            }
             sqlx::query(&format!(
                 "INSERT INTO {SCHEMA}.inventories (product_id, inventory) VALUES ($1, $2)
                  ON CONFLICT (product_id) DO UPDATE SET inventory = EXCLUDED.inventory"

@@ -1,0 +1,1205 @@
+//! Support of the fault-injection tests (`tests/faults_*.rs`): the cart
+//! server as real processes (`env!("CARGO_BIN_EXE_cart")`), a load driver over
+//! HTTP and Kafka, a private tansu broker per test, and the invariants checked
+//! from the event log, the read models and the topics.
+//!
+//! Kafka isolation: the binary uses fixed topic names and the fixed consumer
+//! group `cart`, so every test that uses Kafka starts its own tansu on a free
+//! port (`scripts/tansu.sh` with `DCB_TANSU_PORT` / `DCB_TANSU_DIR`). The
+//! shared `KAFKA_BROKERS` must still be set: it says tansu is installed.
+//!
+//! Soak variants: `DCB_SOAK=1` multiplies the load phases (see [`soak`]).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cart::events::CartEvent;
+use dcb_core::Event;
+use dcb_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use dcb_kafka::rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// How long anything may take to converge after the last fault.
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+/// The repository root (two levels above this package).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `factor` when `DCB_SOAK=1`, else 1.
+pub fn soak(factor: u32) -> u32 {
+    if std::env::var("DCB_SOAK").is_ok_and(|v| v == "1") {
+        factor
+    } else {
+        1
+    }
+}
+
+/// `DATABASE_URL`, or a panic saying how to start PostgreSQL.
+pub fn require_database() -> String {
+    dcb_postgres::testing::database_url()
+}
+
+/// `KAFKA_BROKERS`, or a panic saying how to start tansu.
+pub fn require_kafka() -> String {
+    match std::env::var("KAFKA_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ => panic!(
+            "these tests need tansu: KAFKA_BROKERS is not set; run \
+             export KAFKA_BROKERS=\"$(scripts/tansu.sh start)\""
+        ),
+    }
+}
+
+/// A random number below `n` (no extra dependency: a v4 UUID's bits).
+pub fn below(n: usize) -> usize {
+    (Uuid::new_v4().as_u128() % n.max(1) as u128) as usize
+}
+
+/// A free TCP port on localhost.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A fresh temporary directory.
+pub fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cart-faults-{what}-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    dir
+}
+
+/// Runs `script` (under `scripts/`) with `args` and `envs`; its stdout.
+pub fn script(script: &str, args: &[&str], envs: &[(&str, String)]) -> String {
+    let mut command = Command::new("bash");
+    command
+        .arg(repo_root().join("scripts").join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let output = command.output().expect("the script runs");
+    assert!(
+        output.status.success(),
+        "scripts/{script} {args:?} failed: {}",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A private tansu (memory storage) on its own port.
+pub struct Tansu {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub brokers: String,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        require_kafka();
+        let port = free_port();
+        let dir = temp_dir("tansu");
+        let tansu = Tansu {
+            port,
+            dir,
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        tansu.up();
+        tansu
+    }
+
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DCB_TANSU_PORT", self.port.to_string()),
+            ("DCB_TANSU_DIR", self.dir.display().to_string()),
+        ]
+    }
+
+    /// Starts the broker and creates the cart's topics.
+    pub fn up(&self) {
+        let url = script("tansu.sh", &["start"], &self.envs());
+        assert_eq!(url.lines().last(), Some(self.brokers.as_str()));
+    }
+
+    pub fn stop(&self) {
+        script("tansu.sh", &["stop"], &self.envs());
+    }
+
+    pub async fn create_topics(&self) {
+        use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use dcb_kafka::rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("an admin client");
+        let topics: Vec<NewTopic<'_>> = ["inventories", "price-changes", "published-carts"]
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match admin.create_topics(&topics, &AdminOptions::new()).await {
+                Ok(_) => return,
+                Err(e) if Instant::now() > deadline => panic!("cannot create topics: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/tansu.sh"))
+            .arg("stop")
+            .envs(self.envs())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One cart server process.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+/// Three (or any number of) cart servers on one database.
+pub struct Servers {
+    dir: PathBuf,
+    database_url: String,
+    kafka: Option<String>,
+    env: Vec<(String, String)>,
+    slots: Vec<Option<Server>>,
+    /// The base URLs the load client spreads requests over.
+    pub bases: Arc<RwLock<Vec<String>>>,
+    logs: Vec<PathBuf>,
+    pub kills: u32,
+}
+
+impl Servers {
+    /// Starts `n` servers and waits until each answers its health check.
+    pub async fn start(
+        n: usize,
+        database_url: &str,
+        kafka: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Servers {
+        let mut servers = Servers {
+            dir: temp_dir("servers"),
+            database_url: database_url.to_owned(),
+            kafka: kafka.map(str::to_owned),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            slots: (0..n).map(|_| None).collect(),
+            bases: Arc::new(RwLock::new(Vec::new())),
+            logs: Vec::new(),
+            kills: 0,
+        };
+        for i in 0..n {
+            servers.spawn(i).await;
+        }
+        servers
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the next
+    /// starts.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    async fn spawn(&mut self, i: usize) {
+        let port = free_port();
+        let log = self.dir.join(format!("server-{i}-{}.log", self.logs.len()));
+        let out = File::create(&log).expect("a log file");
+        let err = out.try_clone().expect("a log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cart"));
+        command
+            .args(["serve", "--port", &port.to_string()])
+            .env("DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "warn,cart=info")
+            .env("CART_PUBLISH_DEADLINE_SECS", "3600")
+            .env_remove("KAFKA_BROKERS")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(k) = &self.kafka {
+            command.env("KAFKA_BROKERS", k);
+        }
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the cart binary starts");
+        self.logs.push(log.clone());
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "server {i} exited ({status}) while starting:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            let ok = client
+                .get(format!("{base}/healthcheck"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {i} not healthy within 60 s:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.bases.write().unwrap().push(base.clone());
+        self.slots[i] = Some(Server { child, base });
+    }
+
+    fn forget(&mut self, i: usize) -> Option<Server> {
+        let server = self.slots[i].take()?;
+        self.bases.write().unwrap().retain(|b| *b != server.base);
+        Some(server)
+    }
+
+    /// SIGKILLs server `i` (no graceful anything).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut server) = self.forget(i) {
+            server.child.kill().expect("SIGKILL");
+            let _ = server.child.wait();
+            self.kills += 1;
+        }
+    }
+
+    /// SIGTERMs server `i` and waits (at most 30 s) until it has stopped.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut server) = self.forget(i) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &server.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = server.child.kill();
+                    let _ = server.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Every server process is still running (none exited on its own).
+    pub fn assert_running(&mut self) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(server) = slot.as_mut() {
+                let status = server.child.try_wait().expect("try_wait");
+                assert!(status.is_none(), "server {i} exited: {status:?}");
+            }
+        }
+    }
+
+    /// Starts server `i` again (on a fresh port).
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.slots[i].is_none(), "server {i} is running");
+        self.spawn(i).await;
+    }
+
+    /// SIGTERMs every server and waits (at most 30 s each) for it to stop;
+    /// then checks that no server log shows a panic.
+    pub fn stop_all(&mut self) {
+        self.assert_running();
+        for i in 0..self.slots.len() {
+            self.terminate(i);
+        }
+        self.assert_no_panic();
+    }
+
+    /// No process's output shows a panic.
+    pub fn assert_no_panic(&self) {
+        for log in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(
+                !text.contains("panicked"),
+                "a server panicked ({}):\n{text}",
+                log.display()
+            );
+        }
+    }
+
+    /// Every log line containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.logs
+            .iter()
+            .flat_map(|l| {
+                std::fs::read_to_string(l)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|line| line.contains(needle))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(server) = slot.as_mut() {
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("server logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// What a command was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Add,
+    Remove,
+    Clear,
+    Submit,
+    ChangePrice,
+}
+
+/// One command sent and its answer (status 0: no answer).
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub kind: Kind,
+    pub cart: Uuid,
+    pub item: Option<Uuid>,
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The load's shared state.
+pub struct Load {
+    bases: Arc<RwLock<Vec<String>>>,
+    client: reqwest::Client,
+    carts: Mutex<Vec<Uuid>>,
+    items: Mutex<HashMap<Uuid, Vec<Uuid>>>,
+    pub products: Vec<Uuid>,
+    pub records: Mutex<Vec<Record>>,
+    stop: AtomicBool,
+    price_seq: AtomicU64,
+}
+
+impl Load {
+    pub fn new(bases: Arc<RwLock<Vec<String>>>) -> Arc<Load> {
+        Arc::new(Load {
+            bases,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            carts: Mutex::new((0..8).map(|_| Uuid::new_v4()).collect()),
+            items: Mutex::new(HashMap::new()),
+            products: (0..4).map(|_| Uuid::new_v4()).collect(),
+            records: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+            price_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts `workers` tasks sending commands until [`stop`](Self::stop).
+    pub fn run(self: &Arc<Self>, workers: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..workers)
+            .map(|_| {
+                let load = self.clone();
+                tokio::spawn(async move {
+                    while !load.stop.load(Ordering::Relaxed) {
+                        load.step().await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    pub async fn stop(&self, workers: Vec<tokio::task::JoinHandle<()>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.await.expect("a load worker");
+        }
+    }
+
+    fn base(&self) -> Option<String> {
+        let bases = self.bases.read().unwrap();
+        if bases.is_empty() {
+            None
+        } else {
+            Some(bases[below(bases.len())].clone())
+        }
+    }
+
+    /// Sends `body` to `path` on any live server; (status, answer), status 0
+    /// when no answer came.
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        let Some(base) = self.base() else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return (0, Value::Null);
+        };
+        let mut request = self.client.post(format!("{base}{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Sends raw bytes; the status (0: no answer).
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> u16 {
+        let Some(base) = self.base() else {
+            return 0;
+        };
+        match self
+            .client
+            .post(format!("{base}{path}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    fn record(&self, kind: Kind, cart: Uuid, item: Option<Uuid>, answer: (u16, Value)) {
+        assert!(
+            answer.0 < 500 || answer.0 == 503,
+            "{kind:?} on {cart} answered {}: {}",
+            answer.0,
+            answer.1
+        );
+        self.records.lock().unwrap().push(Record {
+            kind,
+            cart,
+            item,
+            status: answer.0,
+            body: answer.1,
+        });
+    }
+
+    /// One random command.
+    pub async fn step(&self) {
+        let slot = below(8);
+        let cart = self.carts.lock().unwrap()[slot];
+        let roll = below(100);
+        if roll < 60 {
+            let item = Uuid::new_v4();
+            let product = self.products[below(self.products.len())];
+            let answer = self
+                .post(
+                    &format!("/additem/{cart}"),
+                    Some(json!({
+                        "item_id": item, "product_id": product,
+                        "description": "a thing", "image": "thing.png", "price": "1.00"
+                    })),
+                )
+                .await;
+            if answer.0 == 200 {
+                self.items
+                    .lock()
+                    .unwrap()
+                    .entry(cart)
+                    .or_default()
+                    .push(item);
+            }
+            self.record(Kind::Add, cart, Some(item), answer);
+        } else if roll < 78 {
+            let item = {
+                let mut items = self.items.lock().unwrap();
+                let list = items.entry(cart).or_default();
+                if list.is_empty() {
+                    Uuid::new_v4()
+                } else {
+                    list.swap_remove(below(list.len()))
+                }
+            };
+            let answer = self
+                .post(
+                    &format!("/removeitem/{cart}"),
+                    Some(json!({ "item_id": item })),
+                )
+                .await;
+            self.record(Kind::Remove, cart, Some(item), answer);
+        } else if roll < 83 {
+            let answer = self.post(&format!("/clearcart/{cart}"), None).await;
+            self.record(Kind::Clear, cart, None, answer);
+        } else if roll < 95 {
+            let answer = self.post(&format!("/submitcart/{cart}"), None).await;
+            if answer.0 == 200 || answer.0 == 409 {
+                let mut carts = self.carts.lock().unwrap();
+                if carts[slot] == cart {
+                    carts[slot] = Uuid::new_v4();
+                }
+            }
+            self.record(Kind::Submit, cart, None, answer);
+        } else {
+            let product = self.products[below(self.products.len())];
+            let n = self.price_seq.fetch_add(1, Ordering::Relaxed);
+            let answer = self
+                .post(
+                    &format!("/changeprice/{product}"),
+                    Some(json!({"old_price": "1.00", "new_price": format!("2.{n:04}")})),
+                )
+                .await;
+            self.record(Kind::ChangePrice, product, None, answer);
+        }
+    }
+
+    /// (sent, accepted, rejected by rule (409), other answers/no answer).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let records = self.records.lock().unwrap();
+        let accepted = records.iter().filter(|r| r.status == 200).count();
+        let rejected = records.iter().filter(|r| r.status == 409).count();
+        (
+            records.len(),
+            accepted,
+            rejected,
+            records.len() - accepted - rejected,
+        )
+    }
+}
+
+/// Kafka traffic: what was produced, and what `published-carts` carried.
+pub struct Kafka {
+    pub brokers: String,
+    publisher: Publisher,
+    /// (product, inventory) of every `inventories` message produced.
+    pub inventories: Mutex<Vec<(Uuid, i64)>>,
+    /// (product, new price) of every `price-changes` message produced.
+    pub prices: Mutex<Vec<(Uuid, String)>>,
+    /// Malformed messages produced.
+    pub malformed: AtomicU64,
+    /// Cart id → times seen on `published-carts`.
+    pub published: Arc<Mutex<HashMap<Uuid, u32>>>,
+    seq: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Kafka {
+    pub async fn new(brokers: &str) -> Kafka {
+        let config = KafkaConfig::new(brokers);
+        let publisher = Publisher::new(&config).expect("a publisher");
+        let published: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("faults-check-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("published-carts", 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).expect("assign published-carts");
+        let seen = published.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                if let Ok(message) = consumer.recv().await {
+                    if let Some(cart) = message
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .and_then(|k| Uuid::parse_str(k).ok())
+                    {
+                        *seen.lock().unwrap().entry(cart).or_default() += 1;
+                    }
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Kafka {
+            brokers: brokers.to_owned(),
+            publisher,
+            inventories: Mutex::default(),
+            prices: Mutex::default(),
+            malformed: AtomicU64::new(0),
+            published,
+            seq: AtomicU64::new(0),
+            reader,
+        }
+    }
+
+    /// Produces `payload` on `topic`; true when the broker took it.
+    pub async fn send_raw(&self, topic: &str, payload: Vec<u8>) -> bool {
+        self.send(topic, payload).await
+    }
+
+    async fn send(&self, topic: &str, payload: Vec<u8>) -> bool {
+        let message = OutgoingMessage::new(topic).payload(payload);
+        self.publisher.send(message).await.is_ok()
+    }
+
+    /// Produces one stock report (a fresh product); true when the broker
+    /// took it.
+    pub async fn inventory(&self) -> bool {
+        let product = Uuid::new_v4();
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) as i64;
+        let payload = json!({"product_uuid": product, "inventory": n}).to_string();
+        let ok = self.send("inventories", payload.into_bytes()).await;
+        if ok {
+            self.inventories.lock().unwrap().push((product, n));
+        }
+        ok
+    }
+
+    /// Produces one price change of `product`.
+    pub async fn price(&self, product: Uuid) -> bool {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let new_price = format!("3.{n:04}");
+        let payload =
+            json!({"product_id": product, "old_price": "1.00", "new_price": new_price}).to_string();
+        let ok = self.send("price-changes", payload.into_bytes()).await;
+        if ok {
+            self.prices.lock().unwrap().push((product, new_price));
+        }
+        ok
+    }
+
+    /// Produces one malformed message on either input topic.
+    pub async fn malformed(&self) -> bool {
+        let bad: &[&[u8]] = &[
+            b"nope",
+            b"{}",
+            br#"{"product_uuid":"not-a-uuid","inventory":1}"#,
+            br#"{"product_id":"00000000-0000-4000-8000-000000000001","old_price":"-1","new_price":"1"}"#,
+            b"\xff\xfe\x00",
+        ];
+        let topic = if below(2) == 0 {
+            "inventories"
+        } else {
+            "price-changes"
+        };
+        let ok = self.send(topic, bad[below(bad.len())].to_vec()).await;
+        if ok {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Messages seen more than once on `published-carts`.
+    pub fn duplicates(&self) -> u32 {
+        self.published
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| n.saturating_sub(1))
+            .sum()
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A log event.
+pub struct Logged {
+    pub position: i64,
+    pub event: CartEvent,
+}
+
+/// Reads the whole log.
+pub async fn read_log(pool: &PgPool) -> Result<Vec<Logged>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT position, event_type, payload FROM dcb.events ORDER BY position")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let event_type: String = row.get("event_type");
+            let payload: Vec<u8> = row.get("payload");
+            Logged {
+                position: row.get("position"),
+                event: CartEvent::decode(&event_type, &payload)
+                    .unwrap_or_else(|e| panic!("event {event_type} does not decode: {e}")),
+            }
+        })
+        .collect())
+}
+
+/// A fresh fold of the log: the read models, and the rule violations seen.
+#[derive(Default, Debug)]
+pub struct Fold {
+    pub carts: BTreeSet<Uuid>,
+    /// cart → item → (product, price, position)
+    pub items: BTreeMap<Uuid, BTreeMap<Uuid, (Uuid, String, i64)>>,
+    pub carts_with_products: BTreeSet<(Uuid, Uuid, Uuid)>,
+    pub inventories: BTreeMap<Uuid, i64>,
+    pub submitted: BTreeSet<Uuid>,
+    pub published: BTreeMap<Uuid, u32>,
+    pub publication_failed: BTreeSet<Uuid>,
+    pub violations: Vec<String>,
+    pub events: usize,
+    /// (product, new price) of every `PriceChanged`.
+    pub price_changes: Vec<(Uuid, String)>,
+}
+
+/// Folds the log, checking the cart's rules at every position.
+pub fn fold(log: &[Logged]) -> Fold {
+    let mut f = Fold {
+        events: log.len(),
+        ..Fold::default()
+    };
+    for Logged { position, event } in log {
+        let position = *position;
+        let cart = match event {
+            CartEvent::CartCreated { cart_id }
+            | CartEvent::CartItemAdded { cart_id, .. }
+            | CartEvent::CartItemRemoved { cart_id, .. }
+            | CartEvent::CartCleared { cart_id }
+            | CartEvent::ItemArchived { cart_id, .. }
+            | CartEvent::CartSubmitted { cart_id, .. } => Some(*cart_id),
+            _ => None,
+        };
+        if let Some(cart) = cart {
+            if f.submitted.contains(&cart) {
+                f.violations.push(format!(
+                    "position {position}: {event:?} after CartSubmitted of {cart}"
+                ));
+            }
+        }
+        match event {
+            CartEvent::CartCreated { cart_id } => {
+                f.carts.insert(*cart_id);
+            }
+            CartEvent::CartItemAdded {
+                cart_id,
+                item_id,
+                product_id,
+                price,
+                ..
+            } => {
+                f.items
+                    .entry(*cart_id)
+                    .or_default()
+                    .insert(*item_id, (*product_id, price.to_string(), position));
+                f.carts_with_products
+                    .insert((*cart_id, *item_id, *product_id));
+                let n = f.items[cart_id].len();
+                if n > 3 {
+                    f.violations
+                        .push(format!("position {position}: cart {cart_id} has {n} items"));
+                }
+            }
+            CartEvent::CartItemRemoved { cart_id, item_id }
+            | CartEvent::ItemArchived {
+                cart_id, item_id, ..
+            } => {
+                if let Some(items) = f.items.get_mut(cart_id) {
+                    items.remove(item_id);
+                }
+                f.carts_with_products
+                    .retain(|(c, i, _)| !(c == cart_id && i == item_id));
+            }
+            CartEvent::CartCleared { cart_id } => {
+                if let Some(items) = f.items.get_mut(cart_id) {
+                    items.clear();
+                }
+                f.carts_with_products.retain(|(c, _, _)| c != cart_id);
+            }
+            CartEvent::CartSubmitted { cart_id, .. } => {
+                f.submitted.insert(*cart_id);
+                f.carts_with_products.retain(|(c, _, _)| c != cart_id);
+            }
+            CartEvent::CartPublished { cart_id } => {
+                *f.published.entry(*cart_id).or_default() += 1;
+            }
+            CartEvent::CartPublicationFailed { cart_id, .. } => {
+                f.publication_failed.insert(*cart_id);
+            }
+            CartEvent::InventoryChanged {
+                product_id,
+                inventory,
+            } => {
+                f.inventories.insert(*product_id, *inventory);
+            }
+            CartEvent::PriceChanged {
+                product_id,
+                new_price,
+                ..
+            } => f.price_changes.push((*product_id, new_price.to_string())),
+        }
+    }
+    f
+}
+
+/// What the read-model tables hold.
+async fn read_models(pool: &PgPool) -> Result<Fold, sqlx::Error> {
+    let mut f = Fold::default();
+    for row in sqlx::query("SELECT cart_id FROM cart.carts")
+        .fetch_all(pool)
+        .await?
+    {
+        f.carts.insert(row.get("cart_id"));
+    }
+    for row in
+        sqlx::query("SELECT cart_id, item_id, product_id, price, position FROM cart.cart_items")
+            .fetch_all(pool)
+            .await?
+    {
+        f.items.entry(row.get("cart_id")).or_default().insert(
+            row.get("item_id"),
+            (row.get("product_id"), row.get("price"), row.get("position")),
+        );
+    }
+    for row in sqlx::query("SELECT cart_id, item_id, product_id FROM cart.carts_with_products")
+        .fetch_all(pool)
+        .await?
+    {
+        f.carts_with_products.insert((
+            row.get("cart_id"),
+            row.get("item_id"),
+            row.get("product_id"),
+        ));
+    }
+    for row in sqlx::query("SELECT product_id, inventory FROM cart.inventories")
+        .fetch_all(pool)
+        .await?
+    {
+        f.inventories
+            .insert(row.get("product_id"), row.get("inventory"));
+    }
+    Ok(f)
+}
+
+/// Dead-letter records of the cart's consumer group.
+pub async fn dead_messages(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM dcb.kafka_dead_messages WHERE group_id = 'cart'")
+        .fetch_one(pool)
+        .await
+}
+
+/// A pool on the test's database (retrying while the server comes back).
+pub async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy(url)
+        .expect("a pool")
+}
+
+/// What a run checks besides the log.
+pub struct Expect<'a> {
+    pub load: &'a Load,
+    pub kafka: Option<&'a Kafka>,
+    /// Malformed Kafka messages expected as dead records.
+    pub dead: i64,
+}
+
+/// The outcome of [`converge`].
+pub struct Converged {
+    pub fold: Fold,
+    pub after: Duration,
+}
+
+/// Why the state has not converged yet (empty: converged).
+fn not_converged(f: &Fold, models: &Fold, expect: &Expect<'_>, dead: i64) -> Vec<String> {
+    let mut why = Vec::new();
+    let open_items: BTreeMap<_, _> = f
+        .items
+        .iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(c, i)| (*c, i.clone()))
+        .collect();
+    let model_items: BTreeMap<_, _> = models
+        .items
+        .iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(c, i)| (*c, i.clone()))
+        .collect();
+    if f.carts != models.carts {
+        why.push(format!(
+            "cart.carts differs from the fold ({} vs {})",
+            models.carts.len(),
+            f.carts.len()
+        ));
+    }
+    if open_items != model_items {
+        why.push("cart.cart_items differs from the fold".to_owned());
+    }
+    if f.carts_with_products != models.carts_with_products {
+        why.push("cart.carts_with_products differs from the fold".to_owned());
+    }
+    if f.inventories != models.inventories {
+        why.push(format!(
+            "cart.inventories differs from the fold ({} vs {})",
+            models.inventories.len(),
+            f.inventories.len()
+        ));
+    }
+    if let Some(kafka) = expect.kafka {
+        let published = kafka.published.lock().unwrap().clone();
+        for cart in &f.submitted {
+            if !f.published.contains_key(cart) && !f.publication_failed.contains(cart) {
+                why.push(format!("cart {cart} has no CartPublished yet"));
+            }
+            if !published.contains_key(cart) {
+                why.push(format!("cart {cart} is not on published-carts yet"));
+            }
+        }
+        for (product, inventory) in kafka.inventories.lock().unwrap().iter() {
+            if f.inventories.get(product) != Some(inventory) {
+                why.push(format!("inventory of {product} is not in the log yet"));
+            }
+        }
+        let changed: BTreeSet<(Uuid, String)> = f.price_changes.iter().cloned().collect();
+        for (product, price) in kafka.prices.lock().unwrap().iter() {
+            if !changed.contains(&(*product, price.clone())) {
+                why.push(format!("price change of {product} is not in the log yet"));
+            }
+        }
+        if dead < expect.dead {
+            why.push(format!("{dead} of {} dead records", expect.dead));
+        }
+    }
+    why
+}
+
+/// Polls the log, the read models, the topic and the dead records until
+/// they agree (at most [`CONVERGE`]); the fold and how long it took.
+pub async fn converge(
+    pool: &PgPool,
+    expect: &Expect<'_>,
+    since: Instant,
+    limit: Duration,
+) -> Converged {
+    let deadline = Instant::now() + limit;
+    let mut last_report = Instant::now();
+    loop {
+        let attempt = async {
+            let log = read_log(pool).await?;
+            let models = read_models(pool).await?;
+            let dead = if expect.kafka.is_some() {
+                dead_messages(pool).await?
+            } else {
+                0
+            };
+            Ok::<_, sqlx::Error>((fold(&log), models, dead))
+        }
+        .await;
+        let why = match &attempt {
+            Ok((f, models, dead)) => not_converged(f, models, expect, *dead),
+            Err(e) => vec![format!("database: {e}")],
+        };
+        if why.is_empty() {
+            let (fold, _, _) = attempt.unwrap();
+            return Converged {
+                fold,
+                after: since.elapsed(),
+            };
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "converging ({:.0}s after the last fault): {} reasons, e.g. {:?}",
+                since.elapsed().as_secs_f64(),
+                why.len(),
+                &why[..why.len().min(3)]
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged within {limit:?} ({} reasons): {:?}",
+            why.len(),
+            &why[..why.len().min(8)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every invariant; panics on the first broken one.
+pub async fn check(pool: &PgPool, expect: &Expect<'_>, fold: &Fold) {
+    assert!(
+        fold.violations.is_empty(),
+        "rules broken in the log: {:#?}",
+        fold.violations
+    );
+    let log = read_log(pool).await.expect("the log");
+    let mut adds: HashMap<(Uuid, Uuid), Vec<i64>> = HashMap::new();
+    let mut removes: HashMap<(Uuid, Uuid), Vec<i64>> = HashMap::new();
+    let mut submits: HashMap<Uuid, Vec<i64>> = HashMap::new();
+    let mut by_position: HashMap<i64, &CartEvent> = HashMap::new();
+    let mut price_changes: HashMap<(Uuid, String), u32> = HashMap::new();
+    let mut inventories: HashMap<(Uuid, i64), u32> = HashMap::new();
+    for Logged { position, event } in &log {
+        by_position.insert(*position, event);
+        match event {
+            CartEvent::CartItemAdded {
+                cart_id, item_id, ..
+            } => adds
+                .entry((*cart_id, *item_id))
+                .or_default()
+                .push(*position),
+            CartEvent::CartItemRemoved { cart_id, item_id } => removes
+                .entry((*cart_id, *item_id))
+                .or_default()
+                .push(*position),
+            CartEvent::CartSubmitted { cart_id, .. } => {
+                submits.entry(*cart_id).or_default().push(*position)
+            }
+            CartEvent::PriceChanged {
+                product_id,
+                new_price,
+                ..
+            } => {
+                *price_changes
+                    .entry((*product_id, new_price.to_string()))
+                    .or_default() += 1
+            }
+            CartEvent::InventoryChanged {
+                product_id,
+                inventory,
+            } => *inventories.entry((*product_id, *inventory)).or_default() += 1,
+            _ => {}
+        }
+    }
+    let records = expect.load.records.lock().unwrap().clone();
+    for r in records.iter().filter(|r| r.status == 200) {
+        let position = r.body["position"].as_i64().unwrap_or_else(|| {
+            panic!("a 200 without position: {r:?}");
+        });
+        let once = |positions: Option<&Vec<i64>>| positions.is_some_and(|p| p == &vec![position]);
+        let ok = match r.kind {
+            Kind::Add => once(adds.get(&(r.cart, r.item.unwrap()))),
+            Kind::Remove => once(removes.get(&(r.cart, r.item.unwrap()))),
+            Kind::Submit => once(submits.get(&r.cart)),
+            Kind::Clear => matches!(
+                by_position.get(&position),
+                Some(CartEvent::CartCleared { cart_id }) if *cart_id == r.cart
+            ),
+            Kind::ChangePrice => matches!(
+                by_position.get(&position),
+                Some(CartEvent::PriceChanged { product_id, .. }) if *product_id == r.cart
+            ),
+        };
+        assert!(ok, "a 200 command is not in the log exactly once: {r:?}");
+    }
+    for (cart, n) in &fold.published {
+        assert_eq!(*n, 1, "CartPublished of {cart} is recorded {n} times");
+    }
+    if let Some(kafka) = expect.kafka {
+        for cart in &fold.submitted {
+            assert!(
+                kafka.published.lock().unwrap().contains_key(cart),
+                "submitted cart {cart} is not on published-carts"
+            );
+            assert!(
+                fold.published.contains_key(cart),
+                "submitted cart {cart} has no CartPublished"
+            );
+        }
+        for (product, inventory) in kafka.inventories.lock().unwrap().iter() {
+            let n = inventories
+                .get(&(*product, *inventory))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(
+                n, 1,
+                "inventories message {product}={inventory} reflected {n} times"
+            );
+        }
+        for (product, price) in kafka.prices.lock().unwrap().iter() {
+            let n = price_changes
+                .get(&(*product, price.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(
+                n, 1,
+                "price-changes message {product}→{price} reflected {n} times"
+            );
+        }
+        let dead = dead_messages(pool).await.expect("dead records");
+        assert_eq!(dead, expect.dead, "dead records of malformed messages");
+    }
+}
+
+/// The summary every test prints.
+pub struct Summary<'a> {
+    pub test: &'a str,
+    pub load: &'a Load,
+    pub extra_sent: usize,
+    pub faults: u32,
+    pub fold: &'a Fold,
+    pub kafka: Option<&'a Kafka>,
+    pub converged_after: Duration,
+}
+
+impl Summary<'_> {
+    pub fn print(&self) {
+        let (sent, accepted, rejected, other) = self.load.counts();
+        let (inventories, prices, malformed) = self.kafka.map_or((0, 0, 0), |k| {
+            (
+                k.inventories.lock().unwrap().len(),
+                k.prices.lock().unwrap().len(),
+                k.malformed.load(Ordering::Relaxed),
+            )
+        });
+        println!(
+            "SUMMARY {}: requests sent {} (+{} malformed), accepted {accepted}, rejected by rule \
+             {rejected}, other/no answer {other}; kafka produced {inventories} inventories, \
+             {prices} price-changes, {malformed} malformed; faults injected {}; events {}; \
+             carts submitted {}; duplicates seen on published-carts {}; converged {:.1}s after \
+             the last fault",
+            self.test,
+            sent,
+            self.extra_sent,
+            self.faults,
+            self.fold.events,
+            self.fold.submitted.len(),
+            self.kafka.map_or(0, Kafka::duplicates),
+            self.converged_after.as_secs_f64()
+        );
+    }
+}
