@@ -332,7 +332,7 @@ fn preload_cart() -> [CartEvent; 3] {
 
 /// Appends `total` cart events (about `total / 3` carts) in batches of
 /// [`PRELOAD_BATCH`], [`PRELOAD_LOADERS`] appends in flight.
-async fn preload(store: &PgEventStore, total: u64) -> Result<(), String> {
+pub async fn preload(store: &PgEventStore, total: u64) -> Result<(), String> {
     let batches = total.div_ceil(PRELOAD_BATCH as u64);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut loaders = tokio::task::JoinSet::new();

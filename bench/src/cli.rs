@@ -7,13 +7,13 @@ use std::path::PathBuf;
 pub enum Workload {
     /// Decisions through the Postgres event store against raw INSERTs.
     Append,
-    /// Listeners following the log (not implemented yet).
+    /// Listeners following the log.
     Listener,
-    /// The Postgres work queue (not implemented yet).
+    /// The Postgres work queue.
     Queue,
-    /// The Kafka relay (not implemented yet).
+    /// The Kafka relay (needs `KAFKA_BROKERS`).
     Relay,
-    /// Every implemented workload, one after the other.
+    /// Every workload, one after the other (relay only with `KAFKA_BROKERS`).
     All,
 }
 
@@ -42,11 +42,6 @@ impl Workload {
             Workload::All => "all",
         }
     }
-
-    /// Whether this workload can run yet.
-    pub fn implemented(self) -> bool {
-        matches!(self, Workload::Append | Workload::All)
-    }
 }
 
 /// The parsed command line.
@@ -58,7 +53,8 @@ pub struct Args {
     pub seconds: f64,
     /// Where to write the JSON rows, if anywhere.
     pub json: Option<PathBuf>,
-    /// How many events the `preloaded` variant loads (0 skips it).
+    /// How many events the preloaded variants load (0 skips them); the
+    /// listener catch-up, queue burn-down and relay drain sizes follow it.
     pub preload: u64,
 }
 
@@ -86,10 +82,13 @@ pub fn usage() -> String {
          options:\n\
          \x20 --seconds N   measure each variant for N seconds after a ~1 s warm-up (default {})\n\
          \x20 --json PATH   also write the rows as a JSON array to PATH\n\
-         \x20 --preload N   events loaded for the append/preloaded variant (default {}; 0 skips it)\n\
+         \x20 --preload N   events preloaded for append/preloaded and listener catch-up (default {});\n\
+         \x20               also caps the listener projection (200k), queue burn-down (100k jobs)\n\
+         \x20               and relay drain (100k); 0 skips the preloaded rows\n\
          \n\
          The database comes from DATABASE_URL (PostgreSQL 15+). Every run works in fresh\n\
-         schemas named bench_<random>... and drops them when it ends.",
+         schemas named bench_<random>... and drops them when it ends. The relay workload\n\
+         needs KAFKA_BROKERS (`all` skips it without).",
         Workload::NAMES.join(", "),
         DEFAULT_SECONDS,
         DEFAULT_PRELOAD
@@ -206,14 +205,5 @@ mod tests {
             .contains("unknown option"));
         assert!(parse(["append", "queue"]).is_err());
         assert_eq!(parse(["--help"]).unwrap(), Command::Help);
-    }
-
-    #[test]
-    fn only_append_and_all_are_implemented() {
-        assert!(Workload::Append.implemented());
-        assert!(Workload::All.implemented());
-        assert!(!Workload::Listener.implemented());
-        assert!(!Workload::Queue.implemented());
-        assert!(!Workload::Relay.implemented());
     }
 }

@@ -12,6 +12,10 @@ mod baseline;
 mod cart;
 mod cli;
 mod db;
+mod listener;
+mod ping;
+mod queue;
+mod relay;
 mod report;
 mod runner;
 mod stats;
@@ -22,6 +26,10 @@ use cli::{Args, Command, Workload};
 use report::Row;
 
 fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(queue::WORKER_COMMAND) {
+        return queue_worker(&raw[1..]);
+    }
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {
@@ -33,12 +41,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !args.workload.implemented() {
-        eprintln!(
-            "workload `{}` is not implemented yet (it arrives with its component); \
-             implemented: append, all",
-            args.workload.name()
-        );
+    if args.workload == Workload::Relay && relay::brokers().is_none() {
+        eprintln!("error: {}", relay::NO_BROKERS);
         return ExitCode::from(2);
     }
     let url = match db::database_url() {
@@ -55,26 +59,56 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(run(&args, &url))
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: cannot start the Tokio runtime: {e}");
-            return ExitCode::FAILURE;
+            None
+        }
+    }
+}
+
+/// `dcb-bench __queue-worker <schema> <jobs-at-once>`: a worker process of
+/// the queue workload (started by the bench itself).
+fn queue_worker(args: &[String]) -> ExitCode {
+    let url = match db::database_url() {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
-    runtime.block_on(run(&args, &url))
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(queue::worker_process(&url, args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: queue worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The workloads `workload` stands for, in run order.
 fn expand(workload: Workload) -> Vec<Workload> {
     match workload {
-        Workload::All => [Workload::Append]
-            .into_iter()
-            .filter(|w| w.implemented())
-            .collect(),
+        Workload::All => vec![
+            Workload::Append,
+            Workload::Listener,
+            Workload::Queue,
+            Workload::Relay,
+        ],
         w => vec![w],
     }
 }
@@ -125,14 +159,16 @@ async fn run(args: &Args, url: &str) -> ExitCode {
 
 async fn run_workloads(db: &db::Db, args: &Args, rows: &mut Vec<Row>) -> Result<(), String> {
     for workload in expand(args.workload) {
+        eprintln!("[dcb-bench] workload {}", workload.name());
         match workload {
             Workload::Append => append::run(db, args, rows).await?,
-            other => {
-                return Err(format!(
-                    "workload `{}` is not implemented yet",
-                    other.name()
-                ))
+            Workload::Listener => listener::run(db, args, rows).await?,
+            Workload::Queue => queue::run(db, args, rows).await?,
+            Workload::Relay if relay::brokers().is_none() => {
+                eprintln!("warning: skipping relay: {}", relay::NO_BROKERS);
             }
+            Workload::Relay => relay::run(db, args, rows).await?,
+            Workload::All => unreachable!("expand never yields all"),
         }
     }
     Ok(())
@@ -143,8 +179,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn all_expands_to_the_implemented_workloads() {
-        assert_eq!(expand(Workload::All), vec![Workload::Append]);
+    fn all_expands_to_every_workload() {
+        assert_eq!(
+            expand(Workload::All),
+            vec![
+                Workload::Append,
+                Workload::Listener,
+                Workload::Queue,
+                Workload::Relay
+            ]
+        );
         assert_eq!(expand(Workload::Append), vec![Workload::Append]);
     }
 }
