@@ -42,12 +42,15 @@ async fn ensure_topics(brokers: &str) {
 }
 
 async fn count(t: &TestApp, event_type: &str) -> usize {
+    count_matching(t, Query::types([event_type.to_owned()])).await
+}
+
+/// Events matching `query`: waits must look for this test's own events, since
+/// a reused broker still holds messages of earlier runs.
+async fn count_matching(t: &TestApp, query: Query) -> usize {
     t.app
         .store()
-        .read(
-            &Query::types([event_type.to_owned()]),
-            ReadOptions::forwards(),
-        )
+        .read(&query, ReadOptions::forwards())
         .await
         .unwrap()
         .collect()
@@ -131,7 +134,10 @@ async fn kafka_end_to_end() {
     )
     .await;
     for _ in 0..300 {
-        if count(&t, "PriceChanged").await > 0 {
+        let own_price_change = Query::from_items([dcb_core::QueryItem::new()
+            .types(["PriceChanged"])
+            .tags([dcb_core::Tag::new("product_id", priced)])]);
+        if count_matching(&t, own_price_change).await > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
