@@ -76,30 +76,44 @@ async fn run_variants(
     window: Duration,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
-    // (a) + (c): each concurrency's baseline right next to its decisions, so
-    // both see the same load on a shared machine.
-    for &c in &DISJOINT_CONCURRENCY {
-        say(&format!("raw_insert: {c} connection(s)"));
-        let raw = baseline::raw_insert(db, c, window).await?;
-        let raw_row = row("raw_insert", c, &raw);
-        let raw_ops = raw_row.ops_per_s;
-        say(&format!("  {raw_ops:.0} inserts/s"));
-
-        say(&format!("disjoint: {c} caller(s)"));
+    // (a) + (c): each concurrency's baseline and its decisions measured in
+    // alternating slices, so both see the same load on a shared machine.
+    let concurrencies: Vec<usize> = match args.concurrency {
+        Some(c) => vec![c],
+        None => DISJOINT_CONCURRENCY.to_vec(),
+    };
+    for &c in &concurrencies {
+        say(&format!(
+            "raw_insert and disjoint: {c} connection(s)/caller(s), alternating"
+        ));
+        let raw = baseline::RawInsert::create(db, c).await?;
         let store = db
             .open_store(&format!("disjoint_c{c}"), store_connections(c))
             .await?;
-        let measured = disjoint(&store, c, window).await;
+        let measured = alternate(
+            window,
+            |warmup, slice| raw.measure(c, warmup, slice),
+            |warmup, slice| disjoint(&store, c, warmup, slice),
+        )
+        .await;
         db.close_store(store).await?;
-        let mut decided = row("disjoint", c, &measured?);
+        raw.drop(db).await?;
+        let (raw, decided) = measured?;
+        let raw_row = row("raw_insert", c, &raw);
+        let raw_ops = raw_row.ops_per_s;
+        let mut decided = row("disjoint", c, &decided);
         decided.compare_with(raw_ops);
         say(&format!(
-            "  {:.0} decisions/s ({:.2}x raw)",
+            "  {raw_ops:.0} inserts/s, {:.0} decisions/s ({:.2}x raw)",
             decided.ops_per_s,
             decided.ratio.unwrap_or(0.0)
         ));
         rows.push(raw_row);
         rows.push(decided);
+    }
+
+    if args.concurrency.is_some() {
+        return Ok(());
     }
 
     // (b) hot boundaries.
@@ -174,15 +188,55 @@ fn product() -> (u32, u32) {
     (fastrand::u32(1..100_000), fastrand::u32(100..100_000))
 }
 
+/// The measuring window is cut into slices of about this length, raw
+/// inserts and decisions taking turns, so a change of load on a shared
+/// machine hits both sides of the ratio alike.
+const SLICE: Duration = Duration::from_secs(2);
+/// The warm-up before every slice after the first (pools and tables are
+/// already warm; this only lets the callers of the other side drain).
+const SLICE_WARMUP: Duration = Duration::from_millis(250);
+
+/// Measures two variants in alternating slices adding up to `window` each,
+/// the side that goes first swapping every slice. Each closure takes
+/// (warm-up, window) and measures its variant once.
+async fn alternate<A, B, FA, FB>(
+    window: Duration,
+    mut first: A,
+    mut second: B,
+) -> Result<(Measured, Measured), String>
+where
+    A: FnMut(Duration, Duration) -> FA,
+    B: FnMut(Duration, Duration) -> FB,
+    FA: std::future::Future<Output = Result<Measured, String>>,
+    FB: std::future::Future<Output = Result<Measured, String>>,
+{
+    let slices = (window.as_secs_f64() / SLICE.as_secs_f64()).ceil().max(1.0) as u32;
+    let slice = window / slices;
+    let mut first_total = Measured::default();
+    let mut second_total = Measured::default();
+    for i in 0..slices {
+        let warmup = if i < 2 { WARMUP } else { SLICE_WARMUP };
+        if i % 2 == 0 {
+            first_total.extend(first(warmup, slice).await?);
+            second_total.extend(second(warmup, slice).await?);
+        } else {
+            second_total.extend(second(warmup, slice).await?);
+            first_total.extend(first(warmup, slice).await?);
+        }
+    }
+    Ok((first_total, second_total))
+}
+
 /// (a) Each caller adds [`MAX_ITEMS`] items to a cart of its own, then moves
 /// to a fresh cart: decisions never share a boundary.
 async fn disjoint(
     store: &PgEventStore,
     concurrency: usize,
+    warmup: Duration,
     window: Duration,
 ) -> Result<Measured, String> {
     let maker = Arc::new(DecisionMaker::new(store.clone()));
-    run_timed(concurrency, WARMUP, window, |_| {
+    run_timed(concurrency, warmup, window, |_| {
         let maker = maker.clone();
         let mut cart_id = Uuid::new_v4();
         let mut items = 0;
@@ -264,8 +318,9 @@ fn short_count(n: u64) -> String {
     }
 }
 
-/// (d) Disjoint decisions at [`PRELOADED_CONCURRENCY`] callers on an empty
-/// store, then on the same store after loading `events` events.
+/// (d) Disjoint decisions at [`PRELOADED_CONCURRENCY`] callers on a store
+/// preloaded with `events` events and on an empty one, in alternating
+/// slices.
 async fn preloaded(
     db: &Db,
     events: u64,
@@ -273,40 +328,49 @@ async fn preloaded(
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
     let c = PRELOADED_CONCURRENCY;
-    let store = db.open_store("preloaded", store_connections(c)).await?;
+    let n = short_count(events);
+    let full = db.open_store("preloaded", store_connections(c)).await?;
+    let empty = match db.open_store("empty", store_connections(c)).await {
+        Ok(store) => store,
+        Err(e) => {
+            db.close_store(full).await?;
+            return Err(e);
+        }
+    };
     let result = async {
-        say(&format!("preloaded: {c} callers on an empty store"));
-        let empty = row("preloaded_empty", c, &disjoint(&store, c, window).await?);
-        say(&format!("  {:.0} decisions/s", empty.ops_per_s));
-
-        let n = short_count(events);
         say(&format!("preloaded: loading {events} events..."));
         let started = Instant::now();
-        preload(&store, events).await?;
-        db.settle_schema(store.schema()).await?;
+        preload(&full, events).await?;
+        db.settle_schema(full.schema()).await?;
         say(&format!(
             "  loaded, vacuumed, analyzed and checkpointed in {:.1} s",
             started.elapsed().as_secs_f64()
         ));
-
-        say(&format!("preloaded: {c} callers after {n} events"));
-        let mut full = row(
-            &format!("preloaded_{n}"),
-            c,
-            &disjoint(&store, c, window).await?,
-        );
-        full.compare_with(empty.ops_per_s);
         say(&format!(
-            "  {:.0} decisions/s ({:.2}x empty)",
-            full.ops_per_s,
-            full.ratio.unwrap_or(0.0)
+            "preloaded: {c} callers after {n} events and on an empty store, alternating"
         ));
-        rows.push(empty);
-        rows.push(full);
+        let (empty_measured, full_measured) = alternate(
+            window,
+            |warmup, slice| disjoint(&empty, c, warmup, slice),
+            |warmup, slice| disjoint(&full, c, warmup, slice),
+        )
+        .await?;
+        let empty_row = row("preloaded_empty", c, &empty_measured);
+        let mut full_row = row(&format!("preloaded_{n}"), c, &full_measured);
+        full_row.compare_with(empty_row.ops_per_s);
+        say(&format!(
+            "  {:.0} decisions/s empty, {:.0} after {n} ({:.2}x empty)",
+            empty_row.ops_per_s,
+            full_row.ops_per_s,
+            full_row.ratio.unwrap_or(0.0)
+        ));
+        rows.push(empty_row);
+        rows.push(full_row);
         Ok::<_, String>(())
     }
     .await;
-    db.close_store(store).await?;
+    db.close_store(empty).await?;
+    db.close_store(full).await?;
     result
 }
 

@@ -1,4 +1,5 @@
-//! Command-line parsing: `dcb-bench <workload> [--seconds N] [--json PATH] [--preload N]`.
+//! Command-line parsing: `dcb-bench <workload> [--seconds N] [--json PATH] [--preload N]
+//! [--concurrency N]`.
 
 use std::path::PathBuf;
 
@@ -56,6 +57,10 @@ pub struct Args {
     /// How many events the preloaded variants load (0 skips them); the
     /// listener catch-up, queue burn-down and relay drain sizes follow it.
     pub preload: u64,
+    /// Measure only this concurrency of the append workload's disjoint and
+    /// raw rows (and skip its contended and preloaded rows), for a quick
+    /// look at one figure.
+    pub concurrency: Option<usize>,
 }
 
 /// The default measuring time per variant, in seconds.
@@ -75,7 +80,7 @@ pub enum Command {
 /// The usage text.
 pub fn usage() -> String {
     format!(
-        "usage: dcb-bench <workload> [--seconds N] [--json PATH] [--preload N]\n\
+        "usage: dcb-bench <workload> [--seconds N] [--json PATH] [--preload N] [--concurrency N]\n\
          \n\
          workloads: {}\n\
          \n\
@@ -85,6 +90,8 @@ pub fn usage() -> String {
          \x20 --preload N   events preloaded for append/preloaded and listener catch-up (default {});\n\
          \x20               also caps the listener projection (200k), queue burn-down (100k jobs)\n\
          \x20               and relay drain (100k); 0 skips the preloaded rows\n\
+         \x20 --concurrency N  append only: measure the disjoint and raw rows at N callers\n\
+         \x20               only (skips the contended and preloaded rows)\n\
          \n\
          The database comes from DATABASE_URL (PostgreSQL 15+). Every run works in fresh\n\
          schemas named bench_<random>... and drops them when it ends. The relay workload\n\
@@ -108,6 +115,7 @@ where
     let mut seconds = DEFAULT_SECONDS;
     let mut json = None;
     let mut preload = DEFAULT_PRELOAD;
+    let mut concurrency = None;
     let mut it = args.into_iter().map(Into::into);
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -138,6 +146,13 @@ where
                     .parse::<u64>()
                     .map_err(|_| format!("--preload wants a whole number of events, got {v:?}"))?;
             }
+            "--concurrency" => {
+                let v = value("--concurrency")?;
+                concurrency =
+                    Some(v.parse::<usize>().ok().filter(|c| *c > 0).ok_or_else(|| {
+                        format!("--concurrency wants a positive number, got {v:?}")
+                    })?);
+            }
             f if f.starts_with('-') => return Err(format!("unknown option {f}")),
             name => {
                 if workload.is_some() {
@@ -158,6 +173,7 @@ where
         seconds,
         json,
         preload,
+        concurrency,
     }))
 }
 
@@ -188,6 +204,11 @@ mod tests {
         assert_eq!(a.seconds, 3.0);
         assert_eq!(a.json, Some(PathBuf::from("out.json")));
         assert_eq!(a.preload, 0);
+        assert_eq!(a.concurrency, None);
+        assert_eq!(
+            run(&["append", "--concurrency", "32"]).concurrency,
+            Some(32)
+        );
     }
 
     #[test]

@@ -76,7 +76,9 @@ impl Db {
     }
 
     /// A pool of up to `max` connections, opened eagerly so connecting does
-    /// not land in the measurement.
+    /// not land in the measurement, with no ping before each acquire (the
+    /// store's own default; the raw baseline gets the same pool, so neither
+    /// side pays a round trip the other does not).
     ///
     /// # Errors
     /// The database cannot be reached.
@@ -85,6 +87,7 @@ impl Db {
             .max_connections(max)
             .min_connections(max)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
             .connect(&self.url)
             .await
             .map_err(|e| format!("cannot open a pool of {max} connections: {e}"))

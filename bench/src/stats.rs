@@ -50,6 +50,14 @@ impl Measured {
         self.latencies.extend(other.latencies);
     }
 
+    /// Adds a later measuring window of the same variant: counts, samples
+    /// and window lengths add up.
+    pub fn extend(&mut self, other: Measured) {
+        self.window += other.window;
+        self.merge(other);
+        self.finish();
+    }
+
     /// Committed operations per second (give-ups excluded).
     pub fn ops_per_s(&self) -> f64 {
         per_second(self.ops - self.give_ups, self.window)

@@ -53,6 +53,67 @@ async fn explain(db: &TestDatabase, statement: &Sql, binds: &[Bind]) -> Vec<(Str
     out
 }
 
+/// A SQL literal of `bind` and its type, for `PREPARE ... EXECUTE`.
+fn literal(bind: &Bind) -> (String, &'static str) {
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    match bind {
+        Bind::I64(v) => (v.to_string(), "bigint"),
+        Bind::Text(v) => (quote(v), "text"),
+        Bind::TextArray(v) => (
+            format!(
+                "ARRAY[{}]::text[]",
+                v.iter().map(|x| quote(x)).collect::<Vec<_>>().join(",")
+            ),
+            "text[]",
+        ),
+    }
+}
+
+/// The scans of the GENERIC plan of `text` (what a cached plan runs once
+/// the planner stops re-planning per call, and what `append_batch` uses from
+/// the first call), asserting it never scans `events` or `event_tags`
+/// sequentially. `seqscan` mirrors the session setting the statement runs
+/// under (off inside `append_batch`: an index path must then exist).
+async fn explain_generic(
+    db: &TestDatabase,
+    text: &str,
+    args: &[(String, &'static str)],
+    seqscan: bool,
+) -> Vec<(String, String)> {
+    let mut conn = db.pool().acquire().await.unwrap();
+    let types: Vec<&str> = args.iter().map(|(_, t)| *t).collect();
+    let values: Vec<&str> = args.iter().map(|(v, _)| v.as_str()).collect();
+    conn.execute(
+        format!(
+            "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = {seqscan};
+             PREPARE generic_check({}) AS {text}",
+            types.join(", ")
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("PREPARE failed: {e}\n{text}"));
+    let row = sqlx::query(&format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE generic_check({})",
+        values.join(", ")
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    conn.execute("DEALLOCATE generic_check; RESET plan_cache_mode; RESET enable_seqscan")
+        .await
+        .unwrap();
+    let plan: serde_json::Value = row.get(0);
+    let mut out = Vec::new();
+    scans(&plan, &mut out);
+    assert!(
+        !out.iter().any(|(node, relation)| node == "Seq Scan"
+            && (relation == "events" || relation == "event_tags")),
+        "sequential scan in the generic plan of\n{text}\n{plan:#}"
+    );
+    out
+}
+
 #[tokio::test]
 async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     let db = TestDatabase::create().await;
@@ -147,7 +208,8 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
             "{plan:?}"
         );
     }
-    // The first page of a read (with the head, in one statement), both ways.
+    // The first page of a read (with the head, in one statement), both ways,
+    // with its values and as the generic plan a cached statement ends up on.
     for forwards in [true, false] {
         let page = sql::read_page("dcb", &query, forwards, true).unwrap();
         let mut binds = page.binds.clone();
@@ -155,6 +217,8 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
         binds[1] = Bind::I64(i64::MAX);
         binds[2] = Bind::I64(1000);
         explain(&db, &page, &binds).await;
+        let args: Vec<_> = binds.iter().map(literal).collect();
+        explain_generic(&db, &page.text, &args, true).await;
     }
     // The whole log, one page.
     let page = sql::read_page("dcb", &Query::all(), true, false).unwrap();
@@ -253,6 +317,81 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     );
     failed.sort_unstable();
     assert_eq!(failed, vec![2, 5]);
+
+    // The same check as the function runs it: its generic plan, with scans
+    // ruled out (the function's own settings), so an index path must exist.
+    let array =
+        |items: Vec<String>, ty: &'static str| (format!("ARRAY[{}]::{ty}", items.join(",")), ty);
+    let text_items = |items: &[Option<String>]| {
+        items
+            .iter()
+            .map(|v| {
+                v.as_ref().map_or("NULL".to_string(), |v| {
+                    format!("'{}'", v.replace('\'', "''"))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let check_args = [
+        array(
+            batch.c_request.iter().map(|v| v.to_string()).collect(),
+            "int[]",
+        ),
+        array(
+            batch.c_after.iter().map(|v| v.to_string()).collect(),
+            "bigint[]",
+        ),
+        array(text_items(&batch.c_probe), "text[]"),
+        array(text_items(&batch.c_types), "text[]"),
+        array(text_items(&batch.c_tags), "text[]"),
+    ];
+    let nodes = explain_generic(&db, &check.text, &check_args, false).await;
+    assert!(
+        nodes
+            .iter()
+            .any(|(n, r)| n.starts_with("Index") && r == "event_tags"),
+        "{nodes:?}"
+    );
+    // The settings the checks above assume are the function's own.
+    let config: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(proconfig) FROM pg_proc
+         WHERE oid = 'dcb.append_batch'::regproc ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        config,
+        [
+            "enable_seqscan=off",
+            "jit=off",
+            "plan_cache_mode=force_generic_plan"
+        ]
+    );
+    // The event-id check: one probe of the unique index per id, generic.
+    let begin = step.find("-- id check: begin").unwrap();
+    let end = step.find("-- id check: end").unwrap();
+    let ids = step[begin..end]
+        .lines()
+        .nth(1)
+        .unwrap()
+        .replace("$13", "$1");
+    let nodes = explain_generic(
+        &db,
+        &ids,
+        &[(
+            "ARRAY[gen_random_uuid(), gen_random_uuid()]".to_string(),
+            "uuid[]",
+        )],
+        false,
+    )
+    .await;
+    assert!(
+        nodes
+            .iter()
+            .any(|(n, r)| n.starts_with("Index") && r == "events"),
+        "{nodes:?}"
+    );
 
     // Type-only items: the statement the function EXECUTEs per item (planned
     // with its values), with a rare type and a recent `after`.

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod batch_tests;
 mod error;
 #[cfg(test)]
 mod explain_tests;

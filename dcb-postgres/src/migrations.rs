@@ -51,7 +51,15 @@ INSERT INTO {schema}.head (id, position) VALUES (true, 0) ON CONFLICT (id) DO NO
 "#,
     // 2: an append batch as one server-side call (see writer.rs): one round
     // trip per batch, statements planned once per session.
-    r#"
+    APPEND_BATCH_FUNCTION,
+    // 3: the same function again, for databases that ran an earlier step 2
+    // whose event-id check could be planned as a scan of the whole log.
+    APPEND_BATCH_FUNCTION,
+];
+
+/// The `{schema}.append_batch` function the writer calls once per batch
+/// (steps 2 and 3: `CREATE OR REPLACE` makes a re-run harmless).
+const APPEND_BATCH_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION {schema}.append_batch(
     c_request  int[],     -- $1  per condition item: its request (1-based)
     c_after    bigint[],  -- $2  per item: its request's `after` (0: none)
@@ -172,9 +180,12 @@ END
         END IF;
     END LOOP;
 
-    -- Event ids already stored.
-    SELECT array_agg(e.event_id) INTO taken
-    FROM {schema}.events e WHERE e.event_id = ANY (e_id);
+    -- Event ids already stored: one probe of the unique index per id.
+    SELECT array_agg(e.event_id) INTO taken FROM (
+-- id check: begin
+SELECT e.event_id FROM unnest($13) AS i(id) JOIN {schema}.events e ON e.event_id = i.id
+-- id check: end
+    ) e;
 
     -- Each request in order: its stored check (above), then the requests of
     -- this batch accepted before it, then its event ids. A rejected request
@@ -240,9 +251,19 @@ END
     END IF;
     RETURN QUERY SELECT * FROM unnest(out_outcome, out_first, out_last, out_dup);
 END
-$fn$;
-"#,
-];
+$fn$
+-- Plans: the statements above take arrays, so the planner's estimates say
+-- little about a batch, and left to itself it re-plans them (a custom plan)
+-- on nearly every call, which cost more than running them. So their
+-- generic plans are used from the first call, and, since such a plan
+-- outlives the log's growth, a sequential scan (a walk of the whole log on
+-- the writer's serial path) is ruled out: every lookup here has an index.
+-- No JIT either: the penalty that rules scans out inflates plan costs past
+-- `jit_above_cost`, and compiling costs far more than these statements run.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off;
+"#;
 
 /// Checks that `schema` is a plain lower-case identifier safe to splice into
 /// SQL unquoted.

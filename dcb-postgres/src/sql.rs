@@ -201,8 +201,15 @@ pub(crate) fn read_page(
         )
     };
     if with_head {
+        // The head as a scalar subquery: the outer row is then exactly one
+        // row to the planner. Joined as a table, the never-analyzed one-row
+        // head is estimated at thousands of rows, which made the generic
+        // plan look dearer than a custom one, so every read was planned
+        // again (planning cost more than running it). A NULL head (no head
+        // row) reaches the caller, which reports it.
         sql.push(&format!(
-            "SELECT h.position AS head, p.* FROM {schema}.head h \
+            "SELECT h.position AS head, p.* \
+             FROM (SELECT (SELECT position FROM {schema}.head) AS position) h \
              LEFT JOIN LATERAL ({page}) p ON true ORDER BY p.position {order}"
         ));
     } else {

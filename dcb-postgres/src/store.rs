@@ -110,7 +110,11 @@ impl PgEventStoreBuilder {
     }
 
     /// Options for the pool [`connect`](Self::connect) opens (default: 16
-    /// connections, 5 s acquire timeout).
+    /// connections, 5 s acquire timeout, no ping before handing out a
+    /// connection: that ping is a round trip on every read, and a dead
+    /// connection already fails the statement with
+    /// [`StoreError::Unavailable`], which the caller or the decision maker
+    /// retries).
     pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
         self.pool_options = Some(options);
         self
@@ -127,6 +131,7 @@ impl PgEventStoreBuilder {
             PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(5))
+                .test_before_acquire(false)
         });
         let pool = options
             .connect(url)
@@ -300,8 +305,12 @@ impl EventStore for PgEventStore {
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(|e| store_error("read events", e))?;
-            let head_raw: i64 = match rows.first() {
+            let head_raw: Option<i64> = match rows.first() {
                 Some(row) => row.try_get(0).map_err(|e| store_error("read events", e))?,
+                None => None,
+            };
+            let head_raw = match head_raw {
+                Some(head) => head,
                 None => {
                     return Err(crate::error::backend(
                         "read events",

@@ -327,22 +327,18 @@ impl Batch {
     }
 }
 
-/// Runs one batch as one autocommit call; `Err` when the call failed (then
-/// nothing of the batch is written).
-async fn try_batch(
-    config: &WriterConfig,
-    connection: &mut Option<PoolConnection<Postgres>>,
+/// Calls `{schema}.append_batch` with `batch`: one row per request,
+/// `(outcome, first_position, last_position, duplicate)` with outcome 0
+/// (appended), 1 (condition failed) or 2 (duplicate event id).
+pub(crate) async fn call_batch(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    channel: &str,
     batch: &Batch,
-    requests: &[Request],
-) -> Result<Vec<Result<AppendResult, StoreError>>, sqlx::Error> {
-    let conn = match connection {
-        Some(conn) => conn,
-        None => connection.insert(config.pool.acquire().await?),
-    };
-    let result = sqlx::query(&format!(
-        "SELECT outcome, first_position, last_position, duplicate FROM {}.append_batch(\
-         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-        config.schema
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT outcome, first_position, last_position, duplicate FROM {schema}.append_batch(\
+         $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     ))
     .bind(&batch.c_request)
     .bind(&batch.c_after)
@@ -362,9 +358,24 @@ async fn try_batch(
     .bind(&batch.u_request)
     .bind(&batch.u_event)
     .bind(&batch.u_other)
-    .bind(&config.channel)
-    .fetch_all(&mut **conn)
-    .await;
+    .bind(channel)
+    .fetch_all(conn)
+    .await
+}
+
+/// Runs one batch as one autocommit call; `Err` when the call failed (then
+/// nothing of the batch is written).
+async fn try_batch(
+    config: &WriterConfig,
+    connection: &mut Option<PoolConnection<Postgres>>,
+    batch: &Batch,
+    requests: &[Request],
+) -> Result<Vec<Result<AppendResult, StoreError>>, sqlx::Error> {
+    let conn = match connection {
+        Some(conn) => conn,
+        None => connection.insert(config.pool.acquire().await?),
+    };
+    let result = call_batch(conn, &config.schema, &config.channel, batch).await;
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {

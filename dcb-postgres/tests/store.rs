@@ -386,6 +386,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
         vec![
             ("event_store".to_string(), 1),
             ("event_store".to_string(), 2),
+            ("event_store".to_string(), 3),
             ("jobs".to_string(), 1),
             ("jobs".to_string(), 2)
         ]
