@@ -8,9 +8,14 @@
 //! outcome per request. The head lock is held for that one statement and its
 //! commit only, and the statements inside the function are planned once per
 //! session (the old dynamic check statement was parsed and planned again for
-//! nearly every batch).
+//! nearly every batch). Two batches may be in flight (see
+//! [`PIPELINE_DEPTH`]).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
 
 use dcb_core::{AppendCondition, AppendResult, EventRecord, Position, StoreError};
 use sqlx::pool::PoolConnection;
@@ -44,19 +49,54 @@ pub(crate) struct WriterConfig {
     pub(crate) max_batch_size: usize,
 }
 
-/// Serves the queue until it closes or a shutdown message arrives.
+/// Batches in flight at once. The second one is sent while the first runs
+/// and waits on the head lock inside PostgreSQL: when the first commits, the
+/// second starts at once instead of after a round trip to this process and a
+/// wake-up of this task, which on a busy machine cost more than the batch
+/// itself. Correctness does not depend on their order: each batch checks
+/// its conditions under the lock, against everything committed before it.
+const PIPELINE_DEPTH: usize = 2;
+
+/// A batch's connection coming back when the batch is done (none when the
+/// connection broke).
+type Returned = Option<PoolConnection<Postgres>>;
+
+/// Serves the queue until it closes or a shutdown message arrives, then
+/// lets the batches in flight finish.
 pub(crate) async fn run(config: WriterConfig, mut receiver: mpsc::Receiver<Message>) {
+    let config = Arc::new(config);
     let mut buffer = Vec::with_capacity(config.max_batch_size);
-    // The writer keeps its connection while requests keep coming: taking one
-    // from the pool costs a round trip (sqlx pings an idle connection before
-    // handing it out) on the writer's serial path. It hands it back whenever
-    // the queue runs dry, so a small pool is never starved by an idle writer.
-    let mut connection: Option<PoolConnection<Postgres>> = None;
+    // Connections are kept while requests keep coming: taking one from the
+    // pool may cost a round trip (a ping, if the pool tests connections) on
+    // the serial path. They go back to the pool whenever the queue runs dry
+    // and nothing is in flight, so a small pool is never starved by an idle
+    // writer.
+    let mut idle: Vec<PoolConnection<Postgres>> = Vec::new();
+    let (done_sender, mut done) = mpsc::unbounded_channel::<Returned>();
+    let mut in_flight = 0usize;
     loop {
-        if receiver.is_empty() {
-            connection = None;
+        if in_flight >= PIPELINE_DEPTH {
+            if let Some(Some(conn)) = done.recv().await {
+                idle.push(conn);
+            }
+            in_flight -= 1;
+            continue;
         }
-        if receiver.recv_many(&mut buffer, config.max_batch_size).await == 0 {
+        if in_flight == 0 && receiver.is_empty() {
+            idle.clear();
+        }
+        let received = tokio::select! {
+            biased;
+            returned = done.recv(), if in_flight > 0 => {
+                if let Some(Some(conn)) = returned {
+                    idle.push(conn);
+                }
+                in_flight -= 1;
+                continue;
+            }
+            n = receiver.recv_many(&mut buffer, config.max_batch_size) => n,
+        };
+        if received == 0 {
             break;
         }
         let mut stop = false;
@@ -71,7 +111,19 @@ pub(crate) async fn run(config: WriterConfig, mut receiver: mpsc::Receiver<Messa
             }
         }
         if !requests.is_empty() {
-            commit_batch(&config, &mut connection, requests).await;
+            let config = config.clone();
+            let done_sender = done_sender.clone();
+            let mut connection = idle.pop();
+            in_flight += 1;
+            tokio::spawn(async move {
+                // Even a panic must hand the slot back, or the writer would
+                // wait for this batch forever (its callers see the store
+                // shut down: their reply senders are dropped).
+                let committed = AssertUnwindSafe(commit_batch(&config, &mut connection, requests))
+                    .catch_unwind()
+                    .await;
+                let _ = done_sender.send(committed.ok().and(connection));
+            });
         }
         if stop {
             receiver.close();
@@ -82,6 +134,12 @@ pub(crate) async fn run(config: WriterConfig, mut receiver: mpsc::Receiver<Messa
             }
             break;
         }
+    }
+    // Whatever is in flight was accepted before the shutdown: let it commit
+    // and answer before the writer reports itself stopped.
+    while in_flight > 0 {
+        let _ = done.recv().await;
+        in_flight -= 1;
     }
     tracing::debug!(schema = %config.schema, "event store writer stopped");
 }
