@@ -4,9 +4,12 @@
 //! The worker processes are this binary run as
 //! `dcb-bench __queue-worker <schema> <jobs-at-once>`: they serve the queue
 //! until their stdin closes (the bench holds it open, so they also stop when
-//! the bench dies).
+//! the bench dies), and print how many jobs they ran (`ran <n>`) as it
+//! changes, so the bench follows the burn-down without querying the jobs
+//! table while it is measured.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,7 @@ use async_trait::async_trait;
 use dcb_core::InMemoryEventStore;
 use dcb_postgres::queue::{JobContext, JobError, NewJob, Processor, WorkQueue, Workers};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::Args;
 use crate::db::Db;
@@ -28,12 +31,20 @@ const WORKLOAD: &str = "queue";
 pub const WORKER_COMMAND: &str = "__queue-worker";
 /// Worker processes of the burn-down variants.
 pub const PROCESSES: [usize; 2] = [1, 4];
-/// Jobs each worker process runs at once.
-pub const JOBS_PER_PROCESS: usize = 8;
+/// Jobs each worker process runs at once. A no-op job holds its slot only
+/// for the round trips around it (its claim, its completion), so many slots
+/// keep those statements busy with large batches.
+pub const JOBS_PER_PROCESS: usize = 128;
+/// Jobs a worker process claims per statement (at most).
+pub const CLAIM_BATCH: usize = 64;
+/// Jobs the in-process workers of the latency variant run at once.
+pub const LATENCY_JOBS_AT_ONCE: usize = 8;
 /// At most this many jobs are pre-enqueued for a burn-down.
 pub const BURN_DOWN_JOBS: u64 = 100_000;
 /// Jobs per `enqueue_many` while pre-enqueueing.
 pub const ENQUEUE_BATCH: usize = 2_000;
+/// How often worker processes report their runs.
+pub const REPORT_EVERY: Duration = Duration::from_millis(10);
 /// A burn-down fails when no job finishes for this long.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Jobs per second of the latency variant.
@@ -47,14 +58,18 @@ fn say(line: &str) {
 #[derive(Serialize, Deserialize)]
 pub struct Nothing {}
 
-/// Does nothing.
-pub struct NoopJob;
+/// Does nothing but count its runs.
+#[derive(Clone, Default)]
+pub struct NoopJob {
+    runs: Arc<AtomicU64>,
+}
 
 #[async_trait]
 impl Processor for NoopJob {
     const KIND: &'static str = "bench_noop";
     type Payload = Nothing;
     async fn run(&self, _payload: &Nothing, _ctx: &JobContext) -> Result<(), JobError> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -98,24 +113,45 @@ pub async fn worker_process(url: &str, args: &[String]) -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Each running job may hold two connections at once (its outcome and a
-    // heartbeat), plus the LISTEN connection and the claimer.
+    // The claimer, the ledger (completions and heartbeats, many jobs per
+    // statement), the reaper and the LISTEN connection; no-op jobs need no
+    // connection of their own.
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(jobs as u32 * 2 + 4)
+        .max_connections(6)
         .connect(url)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let queue = WorkQueue::new(pool.clone(), schema.as_str());
+    let noop = NoopJob::default();
+    let runs = noop.runs.clone();
     let workers = Workers::new(queue, InMemoryEventStore::new())
-        .register(NoopJob)
+        .register(noop)
         .concurrency(jobs)
+        .batch_size(CLAIM_BATCH)
         .start()
         .await
         .map_err(|e| format!("start the workers: {e}"))?;
+    // Report the runs as they grow.
+    let reporter = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        let mut reported = 0;
+        loop {
+            tokio::time::sleep(REPORT_EVERY).await;
+            let n = runs.load(Ordering::Relaxed);
+            if n != reported {
+                reported = n;
+                let line = format!("ran {n}\n");
+                if out.write_all(line.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
     // Serve until the bench closes our stdin (or dies).
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    reporter.abort();
     workers.shutdown(Duration::from_secs(5)).await;
     pool.close().await;
     Ok(())
@@ -184,41 +220,46 @@ async fn burn_down(
         .map_err(|e| format!("vacuum: {e}"))?;
 
     say(&format!(
-        "queue: burning down with {processes} worker process(es) x {JOBS_PER_PROCESS} jobs at once"
+        "queue: burning down {jobs} jobs with {processes} worker process(es) x {JOBS_PER_PROCESS} \
+         jobs at once (claims of up to {CLAIM_BATCH})"
     ));
     let exe = std::env::current_exe().map_err(|e| format!("cannot find dcb-bench itself: {e}"))?;
     let t0 = Instant::now();
     let mut children = Vec::new();
+    let mut ran = Vec::new();
     for _ in 0..processes {
-        let child = tokio::process::Command::new(&exe)
+        let mut child = tokio::process::Command::new(&exe)
             .arg(WORKER_COMMAND)
             .arg(schema)
             .arg(JOBS_PER_PROCESS.to_string())
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start a worker process: {e}"))?;
+        let count = Arc::new(AtomicU64::new(0));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(follow_runs(stdout, count.clone()));
+        }
+        ran.push(count);
         children.push(child);
     }
     let result = async {
+        // The jobs table is left alone until the processes ran every job:
+        // then it is checked (two probes of partial indexes) until the last
+        // completions are recorded.
         let (mut last, mut moved) = (0, Instant::now());
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let counts = queue
-                .counts(None)
-                .await
-                .map_err(|e| format!("counts: {e}"))?;
-            if counts.dead > 0 {
-                return Err(format!("{} jobs died", counts.dead));
-            }
-            if counts.succeeded >= jobs {
+            tokio::time::sleep(REPORT_EVERY).await;
+            let runs: u64 = ran.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+            if runs >= jobs && !jobs_left(pool, schema).await? {
                 return Ok(t0.elapsed());
             }
-            if counts.succeeded > last {
-                (last, moved) = (counts.succeeded, Instant::now());
+            if runs > last {
+                (last, moved) = (runs, Instant::now());
             } else if moved.elapsed() > STALL_TIMEOUT {
                 return Err(format!(
-                    "no job finished for {} s ({last} of {jobs} done)",
+                    "no job ran for {} s ({last} of {jobs} ran)",
                     STALL_TIMEOUT.as_secs()
                 ));
             }
@@ -240,6 +281,16 @@ async fn burn_down(
         }
     }
     let elapsed = result?;
+    let counts = queue
+        .counts(None)
+        .await
+        .map_err(|e| format!("counts: {e}"))?;
+    if counts.succeeded != jobs || counts.dead > 0 {
+        return Err(format!(
+            "burn-down ended with {} of {jobs} jobs succeeded and {} dead",
+            counts.succeeded, counts.dead
+        ));
+    }
     let r = throughput_row(WORKLOAD, "burn_down", processes, jobs, elapsed);
     say(&format!(
         "  {:.0} jobs/s ({:.1} s)",
@@ -247,6 +298,27 @@ async fn burn_down(
         elapsed.as_secs_f64()
     ));
     Ok(r)
+}
+
+/// Whether any job of the burn-down is ready or running.
+async fn jobs_left(pool: &sqlx::PgPool, schema: &str) -> Result<bool, String> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'ready')
+             OR EXISTS (SELECT 1 FROM {schema}.jobs WHERE state = 'running')"
+    ))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| format!("jobs left: {e}"))
+}
+
+/// Keeps `count` at the last `ran <n>` a worker process printed.
+async fn follow_runs(stdout: tokio::process::ChildStdout, count: Arc<AtomicU64>) {
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(n) = line.strip_prefix("ran ").and_then(|n| n.parse().ok()) {
+            count.store(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Enqueue → start latency: one job at a time at [`LATENCY_RATE`] jobs/s,
@@ -263,7 +335,7 @@ async fn notify_latency(
     let seen = Arc::new(Mutex::new(Vec::new()));
     let workers = Workers::new(queue.clone(), InMemoryEventStore::new())
         .register(PingJob { seen: seen.clone() })
-        .concurrency(JOBS_PER_PROCESS)
+        .concurrency(LATENCY_JOBS_AT_ONCE)
         .start()
         .await
         .map_err(|e| format!("start the workers: {e}"))?;

@@ -103,22 +103,24 @@ async fn heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
     let id = queue
         .enqueue(
             db.pool(),
-            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 1500 }).unwrap(),
+            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 2000 }).unwrap(),
         )
         .await
         .unwrap()
         .unwrap();
     // Two worker sets: if the lease lapsed, the other one would take the job.
+    // The job runs 2.5 leases; renewals every third of a lease leave room
+    // for a busy machine's stalls.
     let a = Workers::new(queue.clone(), store.clone())
         .register(slow.clone())
-        .lease(Duration::from_millis(400))
+        .lease(Duration::from_millis(800))
         .poll_interval(Duration::from_millis(50))
         .start()
         .await
         .unwrap();
     let b = Workers::new(queue.clone(), store.clone())
         .register(slow.clone())
-        .lease(Duration::from_millis(400))
+        .lease(Duration::from_millis(800))
         .poll_interval(Duration::from_millis(50))
         .start()
         .await

@@ -26,8 +26,14 @@ pub const JOB_TAG_KEY: &str = "job";
 ///
 /// `run` does the work; `on_success` and `on_failure` return events that the
 /// worker records **exactly once** per job (see [`append_once`]): after the
-/// job succeeded, and after its final failure. Both hooks run after the worker
-/// checked it still holds the job's lease, and before it marks the job done.
+/// job succeeded, and after its final failure. Both hooks run before the
+/// worker marks the job done, and only while it holds the job's lease: the
+/// success hook when the lease was confirmed less than half a lease ago (by
+/// the claim or a heartbeat; no other worker can have taken the job since)
+/// or after checking it in the database, the failure hook after noting the
+/// failure on the job (which also checks the lease). A job an operator
+/// cancels moments before its attempt succeeds may still get its success
+/// events; its completion is refused.
 ///
 /// `run` may be executed more than once for one job (a retry, or a worker
 /// that died after the work but before the completion), so its effects must
