@@ -17,7 +17,8 @@ pub use processor::{Delivered, PublishJob, PublishProcessor};
 pub use publisher::{Publisher, TransactionalPublisher};
 pub use relay::{EventRelay, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_POSITION, HEADER_TAGS};
 pub use translator::{
-    dead_messages, offset_key, Translator, TranslatorHandle, TranslatorRunner, TranslatorStats,
+    dead_messages, offset_key, record_key, Translator, TranslatorHandle, TranslatorRunner,
+    TranslatorStats,
 };
 
 /// Re-export of the `rdkafka` version this crate uses (for the mock cluster

@@ -20,6 +20,10 @@ pub struct KafkaMessage<'a> {
     pub partition: i32,
     /// The offset within the partition.
     pub offset: i64,
+    /// The record's timestamp in milliseconds since the Unix epoch (its
+    /// create time or log-append time, as the topic keeps it), if it has
+    /// one. Part of the default idempotency key ([`record_key`](crate::record_key)).
+    pub timestamp: Option<i64>,
     /// The key, if any.
     pub key: Option<&'a [u8]>,
     /// The value, if any (`None` for a tombstone).
@@ -41,10 +45,23 @@ impl<'a> KafkaMessage<'a> {
             topic,
             partition,
             offset,
+            timestamp: None,
             key,
             payload,
             headers: Vec::new(),
         }
+    }
+
+    /// Sets the record's timestamp (milliseconds since the Unix epoch).
+    ///
+    /// ```
+    /// use dcb_kafka::KafkaMessage;
+    /// let message = KafkaMessage::new("orders", 0, 42, None, None).with_timestamp(1_700_000_000_000);
+    /// assert_eq!(message.timestamp, Some(1_700_000_000_000));
+    /// ```
+    pub fn with_timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
     }
 
     /// Adds a header.
@@ -100,6 +117,7 @@ impl<'a> KafkaMessage<'a> {
             topic: message.topic(),
             partition: message.partition(),
             offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
             key: message.key(),
             payload: message.payload(),
             headers,

@@ -24,8 +24,18 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// covers the client's retries only: a caller that sends again after a
 /// failure may write a second copy (consumers dedupe on a key or header).
 ///
-/// When the client reports a fatal error it is replaced by a new one on the
-/// next send. The client reconnects to brokers that come back by itself.
+/// When the client reports a fatal error, or a message fails in a way that
+/// may leave the client wedged (not acknowledged in time, or refused for its
+/// producer id or epoch), the client is replaced by a new one (with a new
+/// producer id) for the next send. A broker that lost its producer-id state
+/// (a restart without durable storage, e.g. tansu with memory storage)
+/// answers `UNKNOWN_PRODUCER_ID` to every epoch the client bumps to locally,
+/// and the client retries that until each message times out, for good; such
+/// a broker also hands the old client's producer id to a new client, and the
+/// old one is then fenced. Replacing the client costs nothing in guarantees:
+/// idempotence spans one client, and the caller of a failed send may write a
+/// second copy anyway. The client reconnects to brokers that come back by
+/// itself.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), dcb_kafka::KafkaError> {
@@ -96,15 +106,36 @@ impl Publisher {
         let producer = self.producer();
         let span = tracing::debug_span!("dcb.kafka.publish", topic = %message.topic);
         let result = send_with(&producer, &message).instrument(span).await;
-        if result.is_err() {
+        if let Err(error) = &result {
             if let Some((code, reason)) = producer.client().fatal_error() {
-                tracing::error!(?code, %reason, "producer failed fatally; replacing it");
-                if let Ok(fresh) = create(&self.client_config) {
-                    *self.producer.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-                }
+                self.replace(producer, &format!("fatal error {code:?}: {reason}"));
+            } else if wedges_the_client(error) {
+                self.replace(producer, &error.to_string());
             }
         }
         result
+    }
+
+    /// Puts a new client in place of `failed`, unless another send did so
+    /// already (concurrent sends that fail on one client replace it once).
+    fn replace(&self, failed: FutureProducer, why: &str) {
+        let mut current = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return;
+        }
+        match create(&self.client_config) {
+            Ok(fresh) => {
+                tracing::warn!(reason = %why, "replacing the producer client");
+                let old = std::mem::replace(&mut *current, fresh);
+                drop(current);
+                // Destroying a client waits for its threads, which may be
+                // talking to a broker that is gone: not on an async thread.
+                std::thread::spawn(move || drop((old, failed)));
+            }
+            Err(error) => {
+                tracing::error!(%error, reason = %why, "cannot create a new producer client; keeping the old one");
+            }
+        }
     }
 
     /// Waits until every message sent so far is acknowledged or failed.
@@ -125,6 +156,28 @@ impl Publisher {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Whether a failed send may have left the idempotent client in a state it
+/// does not leave by itself (see [`Publisher`]).
+fn wedges_the_client(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let KafkaError::Delivery {
+        source: rdkafka::error::KafkaError::MessageProduction(code),
+        ..
+    } = error
+    else {
+        return false;
+    };
+    matches!(
+        code,
+        Code::MessageTimedOut
+            | Code::UnknownProducerId
+            | Code::ProducerFenced
+            | Code::InvalidProducerEpoch
+            | Code::InvalidProducerIdMapping
+            | Code::OutOfOrderSequenceNumber
+    )
 }
 
 fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaError> {

@@ -21,6 +21,18 @@ CREATE TABLE IF NOT EXISTS {schema}.kafka_dead_messages (
     PRIMARY KEY (group_id, topic, partition, "offset")
 );
 "#,
+    // 2: a dead record is one per record, not per offset: after a topic is
+    // created again, a new record at a reused offset is a different message
+    // and must get its own record. `record_key` is `crate::record_key`; rows
+    // from before carry the offset-only key they were deduped by.
+    r#"
+ALTER TABLE {schema}.kafka_dead_messages ADD COLUMN record_key text;
+UPDATE {schema}.kafka_dead_messages
+   SET record_key = 'kafka:' || topic || ':' || partition || ':' || "offset";
+ALTER TABLE {schema}.kafka_dead_messages ALTER COLUMN record_key SET NOT NULL;
+ALTER TABLE {schema}.kafka_dead_messages DROP CONSTRAINT kafka_dead_messages_pkey;
+ALTER TABLE {schema}.kafka_dead_messages ADD PRIMARY KEY (group_id, record_key);
+"#,
 ];
 
 /// Applies this crate's steps to `schema`.

@@ -11,6 +11,7 @@ use dcb_core::runner::Backoff;
 use dcb_core::{Decision, DecisionError, DecisionMaker, MakeOptions, StoreError};
 use dcb_postgres::PgEventStore;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Offset;
 use sqlx::Row;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,9 +23,9 @@ use crate::{check_reachable, sql, KafkaConfig, KafkaError};
 /// Turns one message of a topic into a decision.
 ///
 /// The runner makes the decision with an idempotency key
-/// ([`Translator::idempotency_key`], by default the message's topic,
-/// partition and offset), checked by the store in the same atomic append as
-/// the decision's events, so a redelivered message changes nothing twice.
+/// ([`Translator::idempotency_key`], by default the record's identity, see
+/// [`record_key`]), checked by the store in the same atomic append as the
+/// decision's events, so a redelivered message changes nothing twice.
 pub trait Translator: Send + Sync + 'static {
     /// The decision a message becomes.
     type Decision: Decision + Send + Sync + 'static;
@@ -40,15 +41,66 @@ pub trait Translator: Send + Sync + 'static {
     fn translate(&self, message: &KafkaMessage<'_>) -> Result<Self::Decision, String>;
 
     /// The idempotency key of the decision a message becomes. The default,
-    /// [`offset_key`], dedupes redeliveries of one message; return something
-    /// derived from the message key or payload to also dedupe a message the
-    /// producer sent twice.
+    /// [`record_key`], dedupes redeliveries of one record, and only those: a
+    /// different record that reuses an offset (the topic was deleted and
+    /// created again, or the broker lost its log) is decided as new. Return
+    /// something derived from the message key or payload to also dedupe a
+    /// message the producer sent twice.
     fn idempotency_key(&self, message: &KafkaMessage<'_>) -> String {
-        offset_key(message)
+        record_key(message)
     }
 }
 
-/// `kafka:<topic>:<partition>:<offset>`: the default idempotency key.
+/// `kafka:<topic>:<partition>:<offset>:<timestamp>:<digest>`: the default
+/// idempotency key, the identity of one record.
+///
+/// The offset alone does not identify a record: when a topic is deleted and
+/// created again (or a broker without durable storage restarts), new records
+/// get offsets 0, 1, 2... again, and a key of offset alone would mistake each
+/// of them for a redelivery of the old record at that offset and drop it. So
+/// the key also carries the record's timestamp (`-` when it has none) and a
+/// digest of its key, payload and headers (64-bit FNV-1a over a
+/// length-prefixed encoding: stable across builds, platforms and versions). A
+/// redelivery of a record is the same stored record, so it yields the same
+/// key; a different record at a reused offset differs in timestamp or
+/// content, so it does not.
+///
+/// The digest is not cryptographic: a producer that deliberately writes a
+/// record with the same timestamp and a colliding digest at the offset of an
+/// earlier record can have it dropped. Keys are stable: the format is pinned
+/// by a test, since changing it makes every stored key unrecognisable.
+///
+/// ```
+/// use dcb_kafka::{record_key, KafkaMessage};
+/// let first = KafkaMessage::new("orders", 2, 17, Some(b"o-1"), Some(b"{}")).with_timestamp(1_700_000_000_000);
+/// let again = first.clone();
+/// let reused = KafkaMessage::new("orders", 2, 17, Some(b"o-9"), Some(b"{}")).with_timestamp(1_700_000_500_000);
+/// assert_eq!(record_key(&first), record_key(&again));
+/// assert_ne!(record_key(&first), record_key(&reused));
+/// assert!(record_key(&first).starts_with("kafka:orders:2:17:1700000000000:"));
+/// ```
+pub fn record_key(message: &KafkaMessage<'_>) -> String {
+    let timestamp = message
+        .timestamp
+        .map_or_else(|| "-".to_owned(), |t| t.to_string());
+    format!(
+        "kafka:{}:{}:{}:{timestamp}:{:016x}",
+        message.topic,
+        message.partition,
+        message.offset,
+        content_digest(message)
+    )
+}
+
+/// `kafka:<topic>:<partition>:<offset>`: the idempotency key of earlier
+/// versions, which identifies a position in a partition, not a record.
+///
+/// It dedupes redeliveries, but after a topic is deleted and created again
+/// (or a broker without durable storage restarts) it silently drops every new
+/// record whose offset an earlier record had. Use it (by overriding
+/// [`Translator::idempotency_key`]) only where offsets are never reused, e.g.
+/// to keep recognising keys stored by an earlier version while its
+/// redeliveries drain.
 ///
 /// ```
 /// use dcb_kafka::{offset_key, KafkaMessage};
@@ -60,6 +112,58 @@ pub fn offset_key(message: &KafkaMessage<'_>) -> String {
         "kafka:{}:{}:{}",
         message.topic, message.partition, message.offset
     )
+}
+
+/// 64-bit FNV-1a of a record's key, payload and headers, each field
+/// length-prefixed (and absent distinguished from empty) so that no two
+/// different records encode alike.
+fn content_digest(message: &KafkaMessage<'_>) -> u64 {
+    let mut hash = Fnv1a::new();
+    hash.optional(message.key);
+    hash.optional(message.payload);
+    hash.length(message.headers().len());
+    for (name, value) in message.headers() {
+        hash.bytes(name.as_bytes());
+        hash.bytes(value);
+    }
+    hash.0
+}
+
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new() -> Self {
+        Fnv1a(Self::OFFSET)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn length(&mut self, len: usize) {
+        self.raw(&(len as u64).to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.length(bytes.len());
+        self.raw(bytes);
+    }
+
+    fn optional(&mut self, bytes: Option<&[u8]>) {
+        match bytes {
+            None => self.raw(&[0]),
+            Some(b) => {
+                self.raw(&[1]);
+                self.bytes(b);
+            }
+        }
+    }
 }
 
 /// What happened to one message.
@@ -140,6 +244,13 @@ pub struct TranslatorStats {
     pub dead: u64,
     /// Attempts that failed for a transient reason and were retried.
     pub retries: u64,
+    /// Partitions read again from the start because their log ended before
+    /// the group's position (the topic was created again or the broker lost
+    /// its log, and said nothing; see [`TranslatorRunner`]).
+    pub rewinds: u64,
+    /// Times this instance left and joined the group again because records
+    /// waited that no member seemed to read (see [`TranslatorRunner`]).
+    pub rejoins: u64,
 }
 
 #[derive(Default)]
@@ -150,6 +261,8 @@ struct Counters {
     unchanged: AtomicU64,
     dead: AtomicU64,
     retries: AtomicU64,
+    rewinds: AtomicU64,
+    rejoins: AtomicU64,
 }
 
 impl Counters {
@@ -161,6 +274,8 @@ impl Counters {
             unchanged: self.unchanged.load(Ordering::Relaxed),
             dead: self.dead.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            rewinds: self.rewinds.load(Ordering::Relaxed),
+            rejoins: self.rejoins.load(Ordering::Relaxed),
         }
     }
 }
@@ -177,6 +292,36 @@ impl Counters {
 /// - A decision that fails for a transient reason (a conflict that outlasted
 ///   the decision maker's retries, the database down) is retried with capped
 ///   exponential backoff; the partition waits meanwhile.
+/// - A topic that is deleted and created again, or a broker that lost its log
+///   (and its committed offsets): the group's position lies past the new
+///   end, the fetch is out of range and `auto.offset.reset=earliest` starts
+///   again at the beginning; decisions are keyed by record ([`record_key`]),
+///   so the new records at reused offsets are decided, not taken for
+///   redeliveries. Some brokers (tansu) answer a fetch past the end with an
+///   empty batch instead of an out-of-range error, and the consumer would
+///   wait there until the new log grows past the old position, skipping
+///   everything below it; so a group that received nothing for a few
+///   seconds compares each assigned partition's position (or committed
+///   offset) with the partition's end, and where the position lies past the
+///   end it seeks to where `auto.offset.reset` says (the start by default;
+///   counted in [`TranslatorStats::rewinds`]). The one case no consumer can
+///   detect is a new log that already grew past the old position before the
+///   consumer looked again: its records below that position are skipped.
+///   Reset the group's offsets (or use a new group) when you re-create a
+///   topic that has a backlog.
+/// - While every broker is unreachable, the assigned partitions are paused;
+///   they resume once the brokers answer for every subscribed topic again
+///   (at most 30 s for topics they do not know), with the topic metadata
+///   just refreshed: a client fetches with the topic ids it holds, and a
+///   broker that lost its topics does not know the old ones (tansu's answer
+///   to that crashes librdkafka 2.12).
+/// - An instance without partitions that sees, over three idle checks in a
+///   row, records waiting after the group's committed offsets with no
+///   commit in between, rejoins the group (at most once a minute), which
+///   makes the group rebalance: a coordinator may finish a rebalance with no
+///   partition assigned to anyone (tansu 0.6 does when a member's session
+///   expires mid-rebalance), and the group would idle until its membership
+///   changes. Counted in [`TranslatorStats::rejoins`].
 ///
 /// The consumer is configured with `enable.auto.commit=true`,
 /// `enable.auto.offset.store=false` (these two are forced), and by default
@@ -286,8 +431,16 @@ impl TranslatorRunner {
 
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let on_reset = match self.config.get("auto.offset.reset").unwrap_or("earliest") {
+            "latest" | "largest" | "end" => Some(Offset::End),
+            "error" => None,
+            _ => Some(Offset::Beginning),
+        };
         let worker = Worker {
             consumer: Arc::new(consumer),
+            on_reset,
+            orphans: OrphanWatch::default(),
+            outage_checked: None,
             translators: by_topic,
             maker: DecisionMaker::new(self.store.clone()),
             pool: pool.clone(),
@@ -407,8 +560,173 @@ pub async fn dead_messages(
         .map_err(KafkaError::from)
 }
 
+/// How long a translator group goes without a message before it checks
+/// whether a partition's log ended before the group's position.
+const RESET_CHECK_IDLE: Duration = Duration::from_secs(5);
+
+/// How long each broker request of that check may take.
+const RESET_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a metadata request may take when the brokers may be away.
+const OUTAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long partitions paused during an outage wait for topics the brokers
+/// do not know (yet) before they resume anyway.
+const MISSING_TOPICS_WAIT: Duration = Duration::from_secs(30);
+
+/// How many idle checks in a row must see the same unread backlog, with no
+/// offset committed meanwhile, before an instance without partitions
+/// rejoins the group.
+const ORPHAN_STRIKES: u32 = 3;
+
+/// The least time between two such rejoins of one instance.
+const ORPHAN_REJOIN_EVERY: Duration = Duration::from_secs(60);
+
+/// Partitions with records after the group's committed offset, as seen by
+/// the idle checks of an instance that has no partition.
+#[derive(Default)]
+struct OrphanWatch {
+    /// (topic, partition, committed offset, log end) of the last check.
+    last: Vec<(String, i32, i64, i64)>,
+    strikes: u32,
+    rejoined: Option<std::time::Instant>,
+}
+
+/// The subscribed partitions whose log has records after the group's
+/// committed offset: (topic, partition, committed offset or the log start
+/// when none, log end). Blocking.
+fn unread_backlog(
+    consumer: &StreamConsumer,
+    topics: &[String],
+) -> rdkafka::error::KafkaResult<Vec<(String, i32, i64, i64)>> {
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), RESET_CHECK_TIMEOUT)?;
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                partitions.add_partition(topic, p.id());
+            }
+        }
+    }
+    if partitions.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = consumer.committed_offsets(partitions, RESET_CHECK_TIMEOUT)?;
+    let mut backlog = Vec::new();
+    for element in committed.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let (start, end) = consumer.fetch_watermarks(topic, partition, RESET_CHECK_TIMEOUT)?;
+        let read_to = match element.offset() {
+            Offset::Offset(offset) => offset,
+            _ => start,
+        };
+        if end > read_to {
+            backlog.push((topic.to_owned(), partition, read_to, end));
+        }
+    }
+    Ok(backlog)
+}
+
+/// Whether a consumer error says every broker connection is down.
+fn is_all_brokers_down(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(
+        error,
+        rdkafka::error::KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)
+            | rdkafka::error::KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
+    )
+}
+
+/// A partition whose log ended before the group's position.
+struct Rewound {
+    topic: String,
+    partition: i32,
+    position: i64,
+    end: i64,
+}
+
+/// The assigned partitions whose position (or, before anything was
+/// consumed, committed offset) lies past their log's end, each sought to
+/// `to` if given. Blocking.
+fn rewind_reset_partitions(
+    consumer: &StreamConsumer,
+    to: Option<Offset>,
+) -> rdkafka::error::KafkaResult<Vec<Rewound>> {
+    if consumer.assignment()?.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let positions = consumer.position()?;
+    let mut committed = None;
+    let mut rewound = Vec::new();
+    for element in positions.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let position = match element.offset() {
+            Offset::Offset(offset) => offset,
+            _ => {
+                if committed.is_none() {
+                    committed = Some(consumer.committed(RESET_CHECK_TIMEOUT)?);
+                }
+                match committed
+                    .as_ref()
+                    .and_then(|c| c.find_partition(topic, partition))
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => offset,
+                    _ => continue,
+                }
+            }
+        };
+        let (_, end) = consumer.fetch_watermarks(topic, partition, RESET_CHECK_TIMEOUT)?;
+        if position > end {
+            if let Some(to) = to {
+                consumer.seek(topic, partition, to, RESET_CHECK_TIMEOUT)?;
+            }
+            rewound.push(Rewound {
+                topic: topic.to_owned(),
+                partition,
+                position,
+                end,
+            });
+        }
+    }
+    Ok(rewound)
+}
+
+/// Logs consumer errors: the first of a burst at once, repeats at most every
+/// few seconds with their count.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn seen(&mut self, error: &rdkafka::error::KafkaError) {
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        let not_logged_before = std::mem::take(&mut self.suppressed);
+        tracing::warn!(
+            %error,
+            not_logged_before,
+            "consumer error; the client reconnects by itself"
+        );
+        self.last = Some(std::time::Instant::now());
+    }
+}
+
 struct Worker {
     consumer: Arc<StreamConsumer>,
+    /// Where a partition whose log ended before the group's position starts
+    /// again (`auto.offset.reset`; `None` for `error`).
+    on_reset: Option<Offset>,
+    /// What the last idle checks saw of partitions nobody seems to read.
+    orphans: OrphanWatch,
+    /// When an outage was last found over (see `wait_out_outage`).
+    outage_checked: Option<std::time::Instant>,
     translators: HashMap<String, Arc<dyn DynTranslator>>,
     maker: DecisionMaker<PgEventStore>,
     pool: sqlx::PgPool,
@@ -422,6 +740,7 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         let consumer = self.consumer.clone();
+        let mut errors = ErrorLog::default();
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -429,14 +748,24 @@ impl Worker {
             let received = tokio::select! {
                 _ = self.shutdown.changed() => break,
                 m = consumer.recv() => m,
+                _ = tokio::time::sleep(RESET_CHECK_IDLE) => {
+                    self.check_reset_logs().await;
+                    self.check_orphaned_partitions().await;
+                    continue;
+                }
             };
             let message = match received {
                 Ok(m) => m,
                 Err(error) => {
-                    tracing::warn!(%error, "consumer error; the client reconnects by itself");
-                    tokio::select! {
-                        _ = self.shutdown.changed() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    // Errors are events (librdkafka queues one per failed
+                    // connection attempt while the brokers are away), not a
+                    // state to wait out: the next ones, and the rebalance
+                    // behind them, are read at once. Pausing after each one
+                    // drained a backlog of an outage's errors at two per
+                    // second, and the group's new assignment waited behind it.
+                    errors.seen(&error);
+                    if is_all_brokers_down(&error) && !self.wait_out_outage().await {
+                        break;
                     }
                     continue;
                 }
@@ -469,6 +798,212 @@ impl Worker {
         }
         consumer.unsubscribe();
         tracing::info!("translator group stopped");
+    }
+
+    /// Every broker connection is down: pauses the assigned partitions until
+    /// the brokers answer for every subscribed topic again (at most
+    /// [`MISSING_TOPICS_WAIT`] for topics they do not know), then resumes;
+    /// false when shutdown came first.
+    ///
+    /// Why: when a broker comes back, the client fetches its partitions with
+    /// the topic ids it knew before, while the metadata that tells it the
+    /// current ids comes later. A broker that lost its topics (tansu with
+    /// memory storage; the topics created again have new ids) answers such a
+    /// fetch with an unknown-topic response that crashes librdkafka 2.12 (a
+    /// null topic name in its leader-discovery handling). The probe below
+    /// refreshes the client's topic metadata (fetches use the ids it holds),
+    /// and the group's rebalances wait meanwhile, since they are applied
+    /// only when the consumer is polled. Against a broker that kept its
+    /// state, the partitions resume where they were, at most a probe
+    /// interval after it is back.
+    async fn wait_out_outage(&mut self) -> bool {
+        if self
+            .outage_checked
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(2))
+        {
+            // One of the errors queued during an outage just handled.
+            return true;
+        }
+        let paused = self.consumer.assignment().ok();
+        if let Some(paused) = &paused {
+            if let Err(error) = self.consumer.pause(paused) {
+                tracing::debug!(%error, "cannot pause the assigned partitions");
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut answering_since: Option<std::time::Instant> = None;
+        let mut announced = false;
+        loop {
+            match self.subscribed_topics_known().await {
+                Some(true) => break,
+                Some(false) => {
+                    let since = *answering_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > MISSING_TOPICS_WAIT {
+                        tracing::warn!(
+                            "the brokers answer, but not every subscribed topic exists: \
+                             resuming anyway"
+                        );
+                        break;
+                    }
+                }
+                None => answering_since = None,
+            }
+            if !announced {
+                tracing::warn!(
+                    "the brokers do not answer: partitions paused until they do, to resume \
+                     with current topic metadata"
+                );
+                announced = true;
+            }
+            tokio::select! {
+                _ = self.shutdown.changed() => return false,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        // Resume whatever is assigned now (a rebalance may be pending, not
+        // applied yet); the partitions paused above, if still assigned.
+        let resume = self.consumer.assignment().ok().or(paused);
+        if let Some(resume) = resume {
+            if let Err(error) = self.consumer.resume(&resume) {
+                tracing::debug!(%error, "cannot resume the assigned partitions");
+            }
+        }
+        if announced {
+            tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "the brokers answer again: partitions resumed with current topic metadata"
+            );
+        }
+        self.outage_checked = Some(std::time::Instant::now());
+        true
+    }
+
+    /// Asks the brokers for each subscribed topic's metadata (which also
+    /// refreshes the client's cache of topic ids): `None` when no broker
+    /// answers, else whether every topic exists.
+    async fn subscribed_topics_known(&self) -> Option<bool> {
+        let consumer = self.consumer.clone();
+        let topics: Vec<String> = self.translators.keys().cloned().collect();
+        let asked = tokio::task::spawn_blocking(move || {
+            let mut all = true;
+            for topic in &topics {
+                let metadata = consumer
+                    .fetch_metadata(Some(topic), OUTAGE_PROBE_TIMEOUT)
+                    .ok()?;
+                all &= metadata.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+            }
+            Some(all)
+        })
+        .await;
+        asked.ok().flatten()
+    }
+
+    /// Nothing came for a while: maybe a partition's log ended before the
+    /// group's position (see [`TranslatorRunner`]). Where it did, seek to
+    /// where `auto.offset.reset` says.
+    async fn check_reset_logs(&self) {
+        let consumer = self.consumer.clone();
+        let on_reset = self.on_reset;
+        let checked =
+            tokio::task::spawn_blocking(move || rewind_reset_partitions(&consumer, on_reset)).await;
+        match checked {
+            Ok(Ok(rewound)) => {
+                for r in rewound {
+                    if self.on_reset.is_some() {
+                        tracing::warn!(
+                            topic = %r.topic,
+                            partition = r.partition,
+                            position = r.position,
+                            end = r.end,
+                            "the partition's log ends before the group's position (the topic \
+                             was created again, or the broker lost its log): reading it again \
+                             from where auto.offset.reset says"
+                        );
+                        self.counters.rewinds.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        tracing::error!(
+                            topic = %r.topic,
+                            partition = r.partition,
+                            position = r.position,
+                            end = r.end,
+                            "the partition's log ends before the group's position, and \
+                             auto.offset.reset=error: waiting there; reset the group's offsets"
+                        );
+                    }
+                }
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "cannot compare positions with log ends"),
+            Err(error) => tracing::warn!(%error, "log end check failed"),
+        }
+    }
+
+    /// Nothing came for a while and this instance has no partition: when the
+    /// group's committed offsets stay behind the logs' ends over several
+    /// checks, nobody may be reading those partitions, and this instance
+    /// rejoins the group (which makes the whole group rebalance).
+    ///
+    /// Why: a group coordinator may complete a rebalance with no partition
+    /// assigned to anyone. tansu 0.6 does when a member's session expires
+    /// between a rebalance's JoinGroup and SyncGroup (it forgets the leader,
+    /// and takes a follower's empty assignment for the group's); every
+    /// instance then idles until the membership changes again. Against a
+    /// Kafka cluster this does not happen, and the check costs a few
+    /// requests per idle interval on instances without partitions.
+    async fn check_orphaned_partitions(&mut self) {
+        let consumer = self.consumer.clone();
+        let topics: Vec<String> = self.translators.keys().cloned().collect();
+        let checked = tokio::task::spawn_blocking(move || {
+            if consumer.assignment()?.count() > 0 {
+                return Ok(None);
+            }
+            unread_backlog(&consumer, &topics).map(Some)
+        })
+        .await;
+        let backlog = match checked {
+            Ok(Ok(Some(backlog))) if !backlog.is_empty() => backlog,
+            Ok(Ok(_)) => {
+                self.orphans.strikes = 0;
+                self.orphans.last.clear();
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "cannot compare committed offsets with log ends");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "backlog check failed");
+                return;
+            }
+        };
+        let unchanged = backlog == self.orphans.last;
+        self.orphans.strikes = if unchanged {
+            self.orphans.strikes + 1
+        } else {
+            1
+        };
+        self.orphans.last = backlog;
+        let recently = self
+            .orphans
+            .rejoined
+            .is_some_and(|at| at.elapsed() < ORPHAN_REJOIN_EVERY);
+        if self.orphans.strikes < ORPHAN_STRIKES || recently {
+            return;
+        }
+        tracing::warn!(
+            backlog = ?self.orphans.last,
+            "records wait after the group's committed offsets and this instance has no \
+             partition: rejoining the group, in case no member has them"
+        );
+        self.consumer.unsubscribe();
+        let topics: Vec<&str> = self.translators.keys().map(String::as_str).collect();
+        if let Err(error) = self.consumer.subscribe(&topics) {
+            tracing::error!(%error, ?topics, "cannot subscribe again");
+        }
+        self.orphans.strikes = 0;
+        self.orphans.rejoined = Some(std::time::Instant::now());
+        self.counters.rejoins.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Decides on one message, retrying transient failures; false when
@@ -527,9 +1062,9 @@ impl Worker {
     ) -> Result<(), sqlx::Error> {
         sqlx::query(&sql::render(
             r#"INSERT INTO {schema}.kafka_dead_messages
-                 (group_id, topic, partition, "offset", key, payload, kind, reason)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-               ON CONFLICT (group_id, topic, partition, "offset") DO NOTHING"#,
+                 (group_id, topic, partition, "offset", key, payload, kind, reason, record_key)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (group_id, record_key) DO NOTHING"#,
             &self.schema,
         ))
         .bind(&self.group_id)
@@ -540,8 +1075,84 @@ impl Worker {
         .bind(message.payload)
         .bind(kind.as_str())
         .bind(reason)
+        // The record's identity, not the translator's idempotency key: a
+        // translator may key decisions by something (an order id) that two
+        // different undecodable records share.
+        .bind(record_key(message))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: i64, payload: &'static [u8], timestamp: i64) -> KafkaMessage<'static> {
+        KafkaMessage::new("stock", 0, offset, Some(b"p-1"), Some(payload)).with_timestamp(timestamp)
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        for (input, expected) in [
+            (&b""[..], 0xcbf2_9ce4_8422_2325),
+            (b"a", 0xaf63_dc4c_8601_ec8c),
+            (b"foobar", 0x8594_4171_f739_67e8),
+        ] {
+            let mut h = Fnv1a::new();
+            h.raw(input);
+            assert_eq!(h.0, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn record_key_is_pinned() {
+        // A change of this value makes every stored key unrecognisable, so
+        // every message redelivered after an upgrade is decided again: don't.
+        let m = at(7, br#"{"inventory":3}"#, 1_700_000_000_000).with_header("trace", b"t-1");
+        assert_eq!(
+            record_key(&m),
+            "kafka:stock:0:7:1700000000000:834d1b7b4e66b2f0"
+        );
+    }
+
+    #[test]
+    fn a_redelivery_has_the_same_key() {
+        let m = at(7, br#"{"inventory":3}"#, 1_700_000_000_000);
+        assert_eq!(record_key(&m), record_key(&m.clone()));
+    }
+
+    #[test]
+    fn another_record_at_a_reused_offset_has_another_key() {
+        let first = at(7, br#"{"inventory":3}"#, 1_700_000_000_000);
+        // Created again: same offset, later timestamp, same content.
+        let later = at(7, br#"{"inventory":3}"#, 1_700_000_000_001);
+        // Same offset and timestamp, other content.
+        let other = at(7, br#"{"inventory":4}"#, 1_700_000_000_000);
+        assert_ne!(record_key(&first), record_key(&later));
+        assert_ne!(record_key(&first), record_key(&other));
+        assert_eq!(
+            offset_key(&first),
+            offset_key(&later),
+            "the old key cannot tell"
+        );
+    }
+
+    #[test]
+    fn the_digest_separates_fields() {
+        let base = KafkaMessage::new("t", 0, 0, None, None);
+        let keys = [
+            record_key(&base),
+            record_key(&KafkaMessage::new("t", 0, 0, Some(b""), None)),
+            record_key(&KafkaMessage::new("t", 0, 0, None, Some(b""))),
+            record_key(&KafkaMessage::new("t", 0, 0, Some(b"ab"), Some(b"c"))),
+            record_key(&KafkaMessage::new("t", 0, 0, Some(b"a"), Some(b"bc"))),
+            record_key(&base.clone().with_header("h", b"")),
+            record_key(&base.clone().with_header("h", b"v")),
+        ];
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:#?}");
+        assert!(keys[0].starts_with("kafka:t:0:0:-:"), "{}", keys[0]);
     }
 }

@@ -1,7 +1,9 @@
 //! Translators end to end against a Kafka-protocol broker (tansu): 1,000
 //! messages become 1,000 decisions; replaying them appends nothing; garbage
-//! and rejected messages are recorded as dead and the partition moves on;
-//! start-up fails clearly when the broker is unreachable.
+//! and rejected messages are recorded as dead and the partition moves on; a
+//! topic deleted and created again is read from its start and its records at
+//! reused offsets are not taken for redeliveries; start-up fails clearly when
+//! the broker is unreachable.
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`) and a
 //! broker (`KAFKA_BROKERS`; `scripts/tansu.sh start`).
@@ -258,6 +260,124 @@ async fn garbage_and_rejected_messages_are_recorded_dead_and_the_partition_moves
         .expect("rejection recorded");
     assert_eq!(rejected.kind, DeadKind::Rejected);
     assert!(rejected.reason.contains("positive"), "{}", rejected.reason);
+    db.cleanup().await;
+}
+
+/// Commits `offset` of `topic`'s partition 0 for consumer group `group`.
+fn commit_offset(brokers: &str, group: &str, topic: &str, offset: i64) {
+    use dcb_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use dcb_kafka::rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("a consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .expect("commit the offset");
+}
+
+/// Deletes `topic` and creates it again with one partition, retrying while
+/// the broker finishes the deletion.
+async fn recreate_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .delete_topics(&[topic], &options)
+        .await
+        .expect("delete topic")
+    {
+        result.unwrap_or_else(|(t, e)| panic!("cannot delete topic {t}: {e}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+                &options,
+            )
+            .await
+            .expect("create topic");
+        match created.into_iter().next().expect("one result") {
+            Ok(_) => return,
+            Err((t, e)) if std::time::Instant::now() > deadline => {
+                panic!("cannot create topic {t} again: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// When a topic is deleted and created again (as when a broker without
+/// durable storage restarts), its new records reuse offsets 0, 1, 2...: a
+/// dedupe key of topic/partition/offset alone took each of them for a
+/// redelivery of the old record at that offset and dropped it. Here the new
+/// records even repeat the old ones' content: only the record's timestamp
+/// tells them apart, and they are decided (and dead-recorded) as new. The
+/// group's committed offset (3) lies past the new log's end (2); tansu does
+/// not answer such a fetch with an out-of-range error (a Kafka broker does,
+/// and librdkafka applies `auto.offset.reset`), so the runner notices by
+/// itself and starts the partition again from its beginning.
+///
+/// The runner is stopped while the topic is away: a consumer that fetches a
+/// topic tansu 0.6 does not know crashes in librdkafka 2.12 (tansu answers
+/// with a zero topic id and a leader hint, which librdkafka dereferences as
+/// a topic name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_again_is_read_from_its_start_and_its_records_are_new() {
+    let brokers = brokers();
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let topic = unique("dcb-recreated");
+    let group = unique("dcb-recreated-group");
+    create_topic(&brokers, &topic, 1).await;
+    let config = KafkaConfig::new(&brokers);
+    let publisher = Publisher::connect(&config).await.unwrap();
+    // Offsets 0, 1, 2.
+    publish(&publisher, &topic, "a", credit("a", 1)).await;
+    publish(&publisher, &topic, "g", b"garbage".to_vec()).await;
+    publish(&publisher, &topic, "a", credit("a", 2)).await;
+    let start = || {
+        TranslatorRunner::new(config.clone(), &group, store.clone())
+            .add(Credits {
+                topic: topic.clone(),
+            })
+            .start()
+    };
+    let runner = start().await.unwrap();
+    let stats = runner.wait_for_messages(3, Duration::from_secs(60)).await;
+    runner.shutdown().await;
+    assert_eq!((stats.decided, stats.dead), (2, 1), "{stats:?}");
+
+    recreate_topic(&brokers, &topic).await;
+    // Offsets 0 and 1 again, with the content of offsets 0 and 1 before.
+    publish(&publisher, &topic, "a", credit("a", 1)).await;
+    publish(&publisher, &topic, "g", b"garbage".to_vec()).await;
+    // The group's old position, committed into the new log (what librdkafka
+    // does when it loses its assignment to a broker that came back empty).
+    commit_offset(&brokers, &group, &topic, 3);
+
+    let runner = start().await.unwrap();
+    let stats = runner.wait_for_messages(2, Duration::from_secs(90)).await;
+    let dead = runner.dead_messages(10).await.unwrap();
+    runner.shutdown().await;
+    assert_eq!(stats.messages, 2, "{stats:?}");
+    assert_eq!(
+        stats.decided, 1,
+        "a new record taken for a redelivery: {stats:?}"
+    );
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.dead, 1, "{stats:?}");
+    assert!(stats.rewinds <= 1, "{stats:?}");
+    assert_eq!(credited(&store).await, 3);
+    assert_eq!(dead.len(), 2, "one dead record per record: {dead:?}");
+    assert!(dead.iter().all(|d| d.offset == 1), "{dead:?}");
     db.cleanup().await;
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use dcb_core::{BoxError, DecisionMaker, EventStore, RetryPolicy};
 use dcb_kafka::{KafkaConfig, Publisher, TranslatorHandle, TranslatorRunner};
 use dcb_postgres::listener::{ListenerRunner, RunnerHandle};
-use dcb_postgres::queue::{WorkQueue, Workers, WorkersHandle};
+use dcb_postgres::queue::{Backoff, WorkQueue, Workers, WorkersHandle};
 use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,6 +47,16 @@ pub struct Config {
     pub publisher: Option<SharedPublisher>,
     /// How long a publication is retried before `CartPublicationFailed`.
     pub publish_deadline: Duration,
+    /// The wait between attempts at a publication (the work queue's
+    /// default: 1 s doubling up to 5 minutes, half jitter). After a broker
+    /// outage, a pending publication is attempted again at most the longest
+    /// wait reached after the broker is back.
+    pub publish_backoff: Backoff,
+    /// How long one attempt at publishing to Kafka waits for the broker's
+    /// acknowledgement before it fails and is retried (librdkafka's
+    /// `message.timeout.ms` of the cart's producer; default 30 s). Used
+    /// when the publisher is built from [`kafka`](Self::kafka).
+    pub publish_timeout: Duration,
     /// Kafka: with it, the translators of `inventories` and `price-changes`
     /// run, and (unless `publisher` is set) carts are published to
     /// `published-carts`.
@@ -63,9 +73,55 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             publisher: None,
             publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+            publish_backoff: Backoff::default(),
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             kafka: None,
             kafka_group: GROUP_ID.to_owned(),
         }
+    }
+}
+
+/// How long one publication attempt waits for the broker by default.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The translators' Kafka session timeout, unless the [`KafkaConfig`] sets
+/// `session.timeout.ms`. librdkafka's default is 45 s, and that is how long
+/// a crashed instance keeps its partitions (nothing of `inventories` or
+/// `price-changes` is decided meanwhile): the group waits for the dead
+/// member's session to expire before it hands its partitions to another
+/// instance. 6 s is the shortest session a Kafka broker accepts by default
+/// (`group.min.session.timeout.ms`); heartbeats come from librdkafka's own
+/// thread, so a busy async runtime does not make the session expire.
+pub const KAFKA_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The translators' heartbeat interval (a third of the session, so two
+/// heartbeats may be lost before the session expires), unless the
+/// [`KafkaConfig`] sets `heartbeat.interval.ms`.
+pub const KAFKA_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The translators' consumer options: `kafka` with the cart's session
+/// timeout and heartbeat where it sets none of its own.
+pub fn translator_config(kafka: &KafkaConfig) -> KafkaConfig {
+    let mut config = kafka.clone();
+    for (key, value) in [
+        ("session.timeout.ms", KAFKA_SESSION_TIMEOUT),
+        ("heartbeat.interval.ms", KAFKA_HEARTBEAT_INTERVAL),
+    ] {
+        if config.get(key).is_none() {
+            config = config.option(key, value.as_millis().to_string());
+        }
+    }
+    config
+}
+
+/// The producer options of the cart's publisher: `kafka` with
+/// `message.timeout.ms` from `timeout` where it sets none of its own.
+pub fn publisher_config(kafka: &KafkaConfig, timeout: Duration) -> KafkaConfig {
+    match kafka.get("message.timeout.ms") {
+        Some(_) => kafka.clone(),
+        None => kafka
+            .clone()
+            .option("message.timeout.ms", timeout.as_millis().to_string()),
     }
 }
 
@@ -136,7 +192,8 @@ impl App {
     /// The database is unreachable, or the address is taken.
     pub async fn start(mut config: Config) -> Result<App, BoxError> {
         if let (Some(kafka), None) = (&config.kafka, &config.publisher) {
-            let publisher = KafkaCartPublisher::new(Publisher::new(kafka)?);
+            let producer = Publisher::new(&publisher_config(kafka, config.publish_timeout))?;
+            let publisher = KafkaCartPublisher::new(producer);
             config.publisher = Some(Arc::new(publisher));
         }
         let (store, queue) = connect(&config.database_url).await?;
@@ -144,6 +201,7 @@ impl App {
         let workers = match &config.publisher {
             Some(publisher) => Some(
                 Workers::new(queue.clone(), store.clone())
+                    .backoff(config.publish_backoff)
                     .register(PublishCartProcessor::new(publisher.clone()))
                     .start()
                     .await?,
@@ -152,11 +210,15 @@ impl App {
         };
         let translators = match &config.kafka {
             Some(kafka) => Some(
-                TranslatorRunner::new(kafka.clone(), config.kafka_group.clone(), store.clone())
-                    .add(InventoriesTranslator)
-                    .add(PriceChangesTranslator)
-                    .start()
-                    .await?,
+                TranslatorRunner::new(
+                    translator_config(kafka),
+                    config.kafka_group.clone(),
+                    store.clone(),
+                )
+                .add(InventoriesTranslator)
+                .add(PriceChangesTranslator)
+                .start()
+                .await?,
             ),
             None => None,
         };

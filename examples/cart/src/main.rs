@@ -7,7 +7,9 @@
 //!
 //! Environment: `DATABASE_URL` (without it, a private PostgreSQL is started
 //! with `scripts/postgres.sh start`, data in `.dcb/postgres`), `KAFKA_BROKERS`
-//! (without it, Kafka is off), `RUST_LOG`.
+//! (without it, Kafka is off), `RUST_LOG`; the publication's retries:
+//! `CART_PUBLISH_DEADLINE_SECS`, `CART_PUBLISH_TIMEOUT_MS`,
+//! `CART_PUBLISH_RETRY_MIN_MS`, `CART_PUBLISH_RETRY_MAX_MS` (see `--help`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use clap::{Parser, Subcommand};
 use dcb_core::BoxError;
 use dcb_kafka::KafkaConfig;
 use dcb_postgres::listener::ListenerRunner;
+use dcb_postgres::queue::Backoff;
 
 #[derive(Parser)]
 #[command(name = "cart", version, about = "The cart example of dcb")]
@@ -49,6 +52,17 @@ struct ServeArgs {
     /// `CartPublicationFailed` is recorded.
     #[arg(long, env = "CART_PUBLISH_DEADLINE_SECS", default_value_t = 3600)]
     publish_deadline_secs: u64,
+    /// How long (milliseconds) one attempt at publishing a cart to Kafka
+    /// waits for the broker's acknowledgement before it is retried.
+    #[arg(long, env = "CART_PUBLISH_TIMEOUT_MS", default_value_t = 30_000)]
+    publish_timeout_ms: u64,
+    /// The first wait (milliseconds) before a failed publication is
+    /// retried; it doubles up to `--publish-retry-max-ms`, half jittered.
+    #[arg(long, env = "CART_PUBLISH_RETRY_MIN_MS", default_value_t = 1_000)]
+    publish_retry_min_ms: u64,
+    /// The longest wait (milliseconds) between publication attempts.
+    #[arg(long, env = "CART_PUBLISH_RETRY_MAX_MS", default_value_t = 300_000)]
+    publish_retry_max_ms: u64,
 }
 
 impl Default for ServeArgs {
@@ -57,6 +71,9 @@ impl Default for ServeArgs {
             port: 3000,
             host: IpAddr::from([127, 0, 0, 1]),
             publish_deadline_secs: 3600,
+            publish_timeout_ms: 30_000,
+            publish_retry_min_ms: 1_000,
+            publish_retry_max_ms: 300_000,
         }
     }
 }
@@ -148,6 +165,11 @@ async fn serve(args: ServeArgs, started: Instant) -> Result<(), BoxError> {
     let mut config = Config::new(database_url);
     config.listen = SocketAddr::new(args.host, args.port);
     config.publish_deadline = Duration::from_secs(args.publish_deadline_secs);
+    config.publish_timeout = Duration::from_millis(args.publish_timeout_ms.max(1));
+    config.publish_backoff = Backoff::new(
+        Duration::from_millis(args.publish_retry_min_ms),
+        Duration::from_millis(args.publish_retry_max_ms.max(args.publish_retry_min_ms)),
+    );
     config.kafka = match std::env::var("KAFKA_BROKERS") {
         Ok(brokers) if !brokers.trim().is_empty() => {
             tracing::info!(%brokers, "Kafka is on: translating `inventories` and `price-changes`, publishing to `published-carts`");

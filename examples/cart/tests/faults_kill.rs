@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use dcb_postgres::testing::TestDatabase;
 use faults::*;
 
-/// A SIGKILLed server that held the translators' partition keeps it until
-/// its Kafka session times out (librdkafka's default `session.timeout.ms`,
-/// 45 s; the binary has no setting for it), so Kafka input may wait that
-/// long after the last kill.
-const KILL_CONVERGE: Duration = Duration::from_secs(90);
+/// A SIGKILLed server that held the translators' partitions keeps them until
+/// its Kafka session expires (the cart's `session.timeout.ms`, 6 s, see
+/// `cart::app::KAFKA_SESSION_TIMEOUT`), so Kafka input waits about that long
+/// after the last kill, plus a rebalance.
+const KILL_CONVERGE: Duration = CONVERGE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_one_of_three_servers_repeatedly() {

@@ -9,6 +9,8 @@
 //! shared `KAFKA_BROKERS` must still be set: it says tansu is installed.
 //!
 //! Soak variants: `DCB_SOAK=1` multiplies the load phases (see [`soak`]).
+//! Server logs are kept (and their folder printed) when a test fails, or
+//! always with `DCB_FAULTS_KEEP_LOGS=1`.
 
 #![allow(dead_code)]
 
@@ -17,7 +19,7 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -320,6 +322,29 @@ impl Servers {
         }
     }
 
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`...) to every
+    /// running server.
+    fn signal_all(&self, signal: &str) {
+        for server in self.slots.iter().flatten() {
+            let status = Command::new("kill")
+                .args([format!("-{signal}"), server.child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -{signal} failed: {status}");
+        }
+    }
+
+    /// Freezes every server (SIGSTOP): nothing they do advances until
+    /// [`resume_all`](Self::resume_all).
+    pub fn pause_all(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Lets frozen servers go on (SIGCONT).
+    pub fn resume_all(&self) {
+        self.signal_all("CONT");
+    }
+
     /// Every server process is still running (none exited on its own).
     pub fn assert_running(&mut self) {
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -382,7 +407,8 @@ impl Drop for Servers {
                 let _ = server.child.wait();
             }
         }
-        if !std::thread::panicking() {
+        let keep = std::env::var("DCB_FAULTS_KEEP_LOGS").is_ok_and(|v| v == "1");
+        if !std::thread::panicking() && !keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!("server logs kept in {}", self.dir.display());
@@ -619,17 +645,23 @@ pub struct Kafka {
     pub prices: Mutex<Vec<(Uuid, String)>>,
     /// Malformed messages produced.
     pub malformed: AtomicU64,
-    /// Cart id → times seen on `published-carts`.
+    /// Cart id → times seen on `published-carts` (over every broker
+    /// lifetime: see [`reread`](Self::reread)).
     pub published: Arc<Mutex<HashMap<Uuid, u32>>>,
     seq: AtomicU64,
-    reader: tokio::task::JoinHandle<()>,
+    reader: Mutex<Option<Reader>>,
 }
 
-impl Kafka {
-    pub async fn new(brokers: &str) -> Kafka {
-        let config = KafkaConfig::new(brokers);
-        let publisher = Publisher::new(&config).expect("a publisher");
-        let published: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+/// What follows `published-carts` from its beginning.
+struct Reader {
+    consumer: Arc<StreamConsumer>,
+    /// The offset after the last message read (0: none read yet).
+    next: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(brokers: &str, seen: Arc<Mutex<HashMap<Uuid, u32>>>) -> Reader {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("faults-check-{}", Uuid::new_v4()))
@@ -641,22 +673,52 @@ impl Kafka {
         tpl.add_partition_offset("published-carts", 0, Offset::Beginning)
             .unwrap();
         consumer.assign(&tpl).expect("assign published-carts");
-        let seen = published.clone();
-        let reader = tokio::spawn(async move {
-            loop {
-                if let Ok(message) = consumer.recv().await {
-                    if let Some(cart) = message
-                        .key()
-                        .and_then(|k| std::str::from_utf8(k).ok())
-                        .and_then(|k| Uuid::parse_str(k).ok())
-                    {
-                        *seen.lock().unwrap().entry(cart).or_default() += 1;
+        let consumer = Arc::new(consumer);
+        let next = Arc::new(AtomicI64::new(0));
+        let task = {
+            let consumer = consumer.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(message) = consumer.recv().await {
+                        if let Some(cart) = message
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .and_then(|k| Uuid::parse_str(k).ok())
+                        {
+                            *seen.lock().unwrap().entry(cart).or_default() += 1;
+                        }
+                        next.store(message.offset() + 1, Ordering::SeqCst);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                } else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-            }
-        });
+            })
+        };
+        Reader {
+            consumer,
+            next,
+            task,
+        }
+    }
+
+    /// Stops reading; the client is closed off the async threads (closing
+    /// talks to the broker, which may be gone).
+    fn stop(self) {
+        self.task.abort();
+        let consumer = self.consumer;
+        std::thread::spawn(move || drop(consumer));
+    }
+}
+
+impl Kafka {
+    pub async fn new(brokers: &str) -> Kafka {
+        // A short delivery timeout: after a broker restart the first send
+        // times out (see `dcb_kafka::Publisher`), and a caller retries.
+        let config = KafkaConfig::new(brokers).option("message.timeout.ms", "5000");
+        let publisher = Publisher::new(&config).expect("a publisher");
+        let published: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+        let reader = Reader::start(brokers, published.clone());
         Kafka {
             brokers: brokers.to_owned(),
             publisher,
@@ -665,8 +727,47 @@ impl Kafka {
             malformed: AtomicU64::new(0),
             published,
             seq: AtomicU64::new(0),
-            reader,
+            reader: Mutex::new(Some(reader)),
         }
+    }
+
+    /// Whether the reader has read everything `published-carts` holds now
+    /// (false when the broker does not answer).
+    pub async fn read_all(&self) -> bool {
+        let Some((consumer, next)) = self
+            .reader
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| (r.consumer.clone(), r.next.clone()))
+        else {
+            return false;
+        };
+        let high = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks("published-carts", 0, Duration::from_secs(5))
+        })
+        .await
+        .expect("the watermark task");
+        matches!(high, Ok((_, high)) if next.load(Ordering::SeqCst) >= high)
+    }
+
+    /// Stops reading `published-carts` (before the broker that holds it
+    /// goes away, so that nothing of its next lifetime is read by this
+    /// reader).
+    pub fn stop_reading(&self) {
+        if let Some(reader) = self.reader.lock().unwrap().take() {
+            reader.stop();
+        }
+    }
+
+    /// Reads `published-carts` again from its beginning with a fresh
+    /// consumer: for a broker that lost its log, whose offsets start at 0
+    /// again. What was seen before is kept, so [`published`](Self::published)
+    /// is the union over the broker's lifetimes.
+    pub fn reread(&self) {
+        self.stop_reading();
+        let reader = Reader::start(&self.brokers, self.published.clone());
+        *self.reader.lock().unwrap() = Some(reader);
     }
 
     /// Produces `payload` on `topic`; true when the broker took it.
@@ -676,7 +777,13 @@ impl Kafka {
 
     async fn send(&self, topic: &str, payload: Vec<u8>) -> bool {
         let message = OutgoingMessage::new(topic).payload(payload);
-        self.publisher.send(message).await.is_ok()
+        match self.publisher.send(message).await {
+            Ok(_) => true,
+            Err(error) => {
+                eprintln!("producing to {topic} failed: {error}");
+                false
+            }
+        }
     }
 
     /// Produces one stock report (a fresh product); true when the broker
@@ -739,7 +846,46 @@ impl Kafka {
 
 impl Drop for Kafka {
     fn drop(&mut self) {
-        self.reader.abort();
+        self.stop_reading();
+    }
+}
+
+/// How many produced `inventories` / `price-changes` messages are not in the
+/// log yet.
+pub async fn kafka_input_pending(pool: &PgPool, kafka: &Kafka) -> Result<usize, sqlx::Error> {
+    let f = fold(&read_log(pool).await?);
+    let changed: BTreeSet<(Uuid, String)> = f.price_changes.iter().cloned().collect();
+    let inventories = kafka
+        .inventories
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(product, inventory)| f.inventories.get(product) != Some(inventory))
+        .count();
+    let prices = kafka
+        .prices
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| !changed.contains(p))
+        .count();
+    Ok(inventories + prices)
+}
+
+/// Waits (at most `limit`) until every produced `inventories` /
+/// `price-changes` message is in the log.
+pub async fn wait_kafka_input_decided(pool: &PgPool, kafka: &Kafka, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let pending = kafka_input_pending(pool, kafka).await;
+        if matches!(pending, Ok(0)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka input not decided within {limit:?}: {pending:?} pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -1130,6 +1276,11 @@ pub async fn check(pool: &PgPool, expect: &Expect<'_>, fold: &Fold) {
         assert_eq!(*n, 1, "CartPublished of {cart} is recorded {n} times");
     }
     if let Some(kafka) = expect.kafka {
+        assert!(
+            fold.publication_failed.is_empty(),
+            "CartPublicationFailed within the one-hour deadline: {:?}",
+            fold.publication_failed
+        );
         for cart in &fold.submitted {
             assert!(
                 kafka.published.lock().unwrap().contains_key(cart),
