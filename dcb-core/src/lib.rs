@@ -4,6 +4,7 @@
 mod codec;
 mod decision;
 mod event;
+pub mod fnv;
 mod listener;
 mod memory;
 mod query;

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::codec::CodecError;
 use crate::event::{DecodeError, SequencedEvent};
+use crate::fnv::Fnv1a;
 use crate::query::Query;
 use crate::state::{DecisionState, StateMutate, StateQuery};
 use crate::store::StoreError;
@@ -334,56 +335,11 @@ pub fn query_hash(query: &Query) -> u64 {
     hash.finish()
 }
 
-/// 64-bit FNV-1a.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Self {
-        Fnv1a(Self::OFFSET)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn write_len(&mut self, len: usize) {
-        self.write(&(len as u64).to_le_bytes());
-    }
-
-    fn write_str(&mut self, s: &str) {
-        self.write_len(s.len());
-        self.write(s.as_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::query::QueryItem;
     use crate::tag::Tag;
-
-    #[test]
-    fn fnv1a_matches_reference_vectors() {
-        let mut h = Fnv1a::new();
-        h.write(b"");
-        assert_eq!(h.finish(), 0xcbf2_9ce4_8422_2325);
-        let mut h = Fnv1a::new();
-        h.write(b"a");
-        assert_eq!(h.finish(), 0xaf63_dc4c_8601_ec8c);
-        let mut h = Fnv1a::new();
-        h.write(b"foobar");
-        assert_eq!(h.finish(), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn query_hash_is_pinned() {

@@ -14,25 +14,46 @@ use crate::writer::Batch;
 
 const EVENTS: i64 = 1_000_000;
 
-/// Every `(node type, relation)` in a JSON plan.
-fn scans(plan: &serde_json::Value, out: &mut Vec<(String, String)>) {
+/// Calls `visit` with every node of a JSON plan (shared with the work
+/// queue's plan tests).
+pub(crate) fn visit_plan_nodes(
+    plan: &serde_json::Value,
+    visit: &mut dyn FnMut(&serde_json::Map<String, serde_json::Value>),
+) {
     match plan {
         serde_json::Value::Object(map) => {
-            if let Some(node) = map.get("Node Type").and_then(|v| v.as_str()) {
-                let relation = map
-                    .get("Relation Name")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                out.push((node.to_string(), relation));
+            if map.contains_key("Node Type") {
+                visit(map);
             }
             for value in map.values() {
-                scans(value, out);
+                visit_plan_nodes(value, visit);
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| scans(v, out)),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| visit_plan_nodes(v, visit)),
         _ => {}
     }
+}
+
+/// Every `(node type, relation)` in a JSON plan, asserting that none is a
+/// sequential scan of `events` or `event_tags`; `text` names the statement
+/// in the failure.
+fn log_scans(plan: &serde_json::Value, text: &str) -> Vec<(String, String)> {
+    let field = |map: &serde_json::Map<String, serde_json::Value>, name: &str| {
+        map.get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut out = Vec::new();
+    visit_plan_nodes(plan, &mut |map| {
+        out.push((field(map, "Node Type"), field(map, "Relation Name")));
+    });
+    assert!(
+        !out.iter().any(|(node, relation)| node == "Seq Scan"
+            && (relation == "events" || relation == "event_tags")),
+        "sequential scan in the plan of\n{text}\n{plan:#}"
+    );
+    out
 }
 
 async fn explain(db: &TestDatabase, statement: &Sql, binds: &[Bind]) -> Vec<(String, String)> {
@@ -42,15 +63,7 @@ async fn explain(db: &TestDatabase, statement: &Sql, binds: &[Bind]) -> Vec<(Str
         .await
         .unwrap_or_else(|e| panic!("EXPLAIN failed: {e}\n{text}"));
     let plan: serde_json::Value = row.get(0);
-    let mut out = Vec::new();
-    scans(&plan, &mut out);
-    assert!(
-        !out.iter().any(|(node, relation)| node == "Seq Scan"
-            && (relation == "events" || relation == "event_tags")),
-        "sequential scan in the plan of\n{}\n{plan:#}",
-        statement.text
-    );
-    out
+    log_scans(&plan, &statement.text)
 }
 
 /// A SQL literal of `bind` and its type, for `PREPARE ... EXECUTE`.
@@ -104,14 +117,7 @@ async fn explain_generic(
         .await
         .unwrap();
     let plan: serde_json::Value = row.get(0);
-    let mut out = Vec::new();
-    scans(&plan, &mut out);
-    assert!(
-        !out.iter().any(|(node, relation)| node == "Seq Scan"
-            && (relation == "events" || relation == "event_tags")),
-        "sequential scan in the generic plan of\n{text}\n{plan:#}"
-    );
-    out
+    log_scans(&plan, &format!("(generic) {text}"))
 }
 
 #[tokio::test]
@@ -281,14 +287,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
         .await
         .unwrap();
     let plan: serde_json::Value = row.get(0);
-    let mut nodes = Vec::new();
-    scans(&plan, &mut nodes);
-    assert!(
-        !nodes.iter().any(|(node, relation)| node == "Seq Scan"
-            && (relation == "events" || relation == "event_tags")),
-        "sequential scan in the plan of\n{}\n{plan:#}",
-        check.text
-    );
+    let nodes = log_scans(&plan, &check.text);
     for relation in ["event_tags", "events"] {
         assert!(
             nodes
@@ -410,8 +409,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
         .await
         .unwrap();
     let plan: serde_json::Value = row.get(0);
-    let mut nodes = Vec::new();
-    scans(&plan, &mut nodes);
+    let nodes = log_scans(&plan, &by_type.text);
     assert!(
         nodes
             .iter()

@@ -278,10 +278,7 @@ impl EventStore for PgEventStore {
             let limit = options.limit.unwrap_or(usize::MAX);
             let forwards = options.direction == Direction::Forwards;
             let schema = &self.inner.schema;
-            let (Some(first_sql), Some(page_sql)) = (
-                sql::read_page(schema, query, forwards, true),
-                sql::read_page(schema, query, forwards, false),
-            ) else {
+            let Some(first_sql) = sql::read_page(schema, query, forwards, true) else {
                 return Ok(ReadResult::from_vec(self.read_head().await?, Vec::new()));
             };
             if limit == 0 {
@@ -338,6 +335,19 @@ impl EventStore for PgEventStore {
                     cursor.max = to_raw(last.position) - 1;
                 }
             }
+            // Most reads (a decision's state) fit in the first page: the
+            // statement of the later pages is only built when one is due.
+            let page_sql = if cursor.done || cursor.remaining == 0 {
+                None
+            } else {
+                sql::read_page(schema, query, forwards, false)
+            };
+            let Some(page_sql) = page_sql else {
+                return Ok(ReadResult {
+                    head,
+                    events: futures::stream::iter(first.into_iter().map(Ok)).boxed(),
+                });
+            };
             let pool = self.inner.pool.clone();
             let page_sql = Arc::new(page_sql);
             let rest = futures::stream::try_unfold(cursor, move |mut cursor| {

@@ -12,26 +12,18 @@ use crate::testing::TestDatabase;
 
 const DUE: i64 = 100_000;
 
-/// Every `(node type, relation or index)` in a JSON plan.
+/// Every `(node type, index or else relation)` in a JSON plan.
 fn nodes(plan: &serde_json::Value, out: &mut Vec<(String, String)>) {
-    match plan {
-        serde_json::Value::Object(map) => {
-            if let Some(node) = map.get("Node Type").and_then(|v| v.as_str()) {
-                let target = map
-                    .get("Index Name")
-                    .or_else(|| map.get("Relation Name"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                out.push((node.to_string(), target));
-            }
-            for value in map.values() {
-                nodes(value, out);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| nodes(v, out)),
-        _ => {}
-    }
+    crate::explain_tests::visit_plan_nodes(plan, &mut |map| {
+        let field = |name: &str| map.get(name).and_then(|v| v.as_str());
+        out.push((
+            field("Node Type").unwrap_or("").to_string(),
+            field("Index Name")
+                .or_else(|| field("Relation Name"))
+                .unwrap_or("")
+                .to_string(),
+        ));
+    });
 }
 
 fn check(what: &str, plan: &serde_json::Value, index: &str) {
