@@ -79,10 +79,21 @@ shared_buffers = 256MB
 CONF
   fi
   if as_owner "$bindir/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+    # The cluster may have been started for another DCB_PG_PORT: its real
+    # port is the fourth line of postmaster.pid.
+    local running
+    running="$(sed -n 4p "$DATA/postmaster.pid" 2>/dev/null)"
+    if [ -n "$running" ] && [ "$running" != "$PORT" ]; then
+      log "the PostgreSQL in $DATA already runs on port $running, not $PORT:"
+      log "use DCB_PG_PORT=$running, or stop it first (DCB_PG_PORT=$running $0 stop)"
+      exit 1
+    fi
     log "already running on port $PORT"
   else
     log "starting PostgreSQL on 127.0.0.1:$PORT"
-    as_owner "$bindir/pg_ctl" -D "$DATA" -l "$DATA/server.log" -w -t 60 start >/dev/null \
+    # The port is given at every start (not only in the config written at
+    # initdb), so a cluster made for another DCB_PG_PORT follows this one.
+    as_owner "$bindir/pg_ctl" -D "$DATA" -l "$DATA/server.log" -o "-p $PORT" -w -t 60 start >/dev/null \
       || { log "PostgreSQL failed to start; see $DATA/server.log"; tail -20 "$DATA/server.log" >&2; exit 1; }
   fi
   echo "$URL"
