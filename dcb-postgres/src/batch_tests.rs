@@ -41,7 +41,7 @@ async fn run(
         .collect();
     let batch = Batch::from_parts(&parts);
     let mut conn = db.pool().acquire().await.unwrap();
-    call_batch(&mut conn, "dcb", "dcb_batch_tests", &batch)
+    call_batch(&mut conn, "dcb", "dcb_batch_tests", &batch, true)
         .await
         .unwrap()
         .iter()
@@ -261,5 +261,45 @@ async fn event_ids_repeated_in_a_batch_or_against_the_log() {
         vec![(1, stored_id), (2, shared), (3, free_again)]
     );
     assert_eq!(head, 3);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_the_id_lookup_a_stored_id_fails_the_whole_call() {
+    let db = TestDatabase::create().await;
+    let stored = uuid::Uuid::new_v4();
+    run(&db, &[(vec![with_id(event("A", &[]), stored)], None)]).await;
+    // The writer's first, optimistic call: the unique index refuses the
+    // stored id and nothing of the batch is written.
+    let requests = [
+        vec![event("B", &[])],
+        vec![with_id(event("C", &[]), stored)],
+    ];
+    let parts: Vec<(&[EventRecord], Option<&AppendCondition>)> =
+        requests.iter().map(|r| (r.as_slice(), None)).collect();
+    let batch = Batch::from_parts(&parts);
+    let mut conn = db.pool().acquire().await.unwrap();
+    let err = call_batch(&mut conn, "dcb", "dcb_batch_tests", &batch, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, sqlx::Error::Database(e) if e.is_unique_violation()),
+        "{err}"
+    );
+    drop(conn);
+    assert_eq!(log(&db).await.1, 1, "the failed call moved the head");
+    // The second call looks ids up: only the request with the stored id
+    // fails.
+    let mut conn = db.pool().acquire().await.unwrap();
+    let rows = call_batch(&mut conn, "dcb", "dcb_batch_tests", &batch, true)
+        .await
+        .unwrap();
+    let outcomes: Vec<(i32, Option<uuid::Uuid>)> =
+        rows.iter().map(|r| (r.get(0), r.get(3))).collect();
+    assert_eq!(outcomes, vec![(APPENDED, None), (DUPLICATE, Some(stored))]);
+    drop(conn);
+    let (events, head) = log(&db).await;
+    assert_eq!(head, 2);
+    assert_eq!(events[1].1, "B");
     db.cleanup().await;
 }

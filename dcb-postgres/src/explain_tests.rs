@@ -234,10 +234,10 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     binds[2] = Bind::I64(1000);
     explain(&db, &page, &binds).await;
 
-    // The batch check: the very statement `append_batch` runs (cut out of
-    // the migration step that installs it), with a batch of two conditions
-    // (with and without `after`) bound the way the writer binds them.
-    let step = render(EVENT_STORE_STEPS[1], "dcb");
+    // The batch check: the very statement `append_batch_v2` runs (cut out
+    // of the migration step that installs it), with a batch of conditions
+    // bound the way the writer binds them.
+    let step = render(EVENT_STORE_STEPS[3], "dcb");
     let begin = step.find("-- condition check: begin").unwrap();
     let end = step.find("-- condition check: end").unwrap();
     let check = Sql {
@@ -278,7 +278,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
             .bind(batch.c_request.clone())
             .bind(batch.c_after.clone())
             .bind(batch.c_probe.clone())
-            .bind(batch.c_types.clone())
+            .bind(batch.c_type.clone())
             .bind(batch.c_tags.clone())
     }
     let explain_text = format!("EXPLAIN (FORMAT JSON) {}", check.text);
@@ -341,7 +341,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
             "bigint[]",
         ),
         array(text_items(&batch.c_probe), "text[]"),
-        array(text_items(&batch.c_types), "text[]"),
+        array(text_items(&batch.c_type), "text[]"),
         array(text_items(&batch.c_tags), "text[]"),
     ];
     let nodes = explain_generic(&db, &check.text, &check_args, false).await;
@@ -354,7 +354,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     // The settings the checks above assume are the function's own.
     let config: Vec<String> = sqlx::query_scalar(
         "SELECT unnest(proconfig) FROM pg_proc
-         WHERE oid = 'dcb.append_batch'::regproc ORDER BY 1",
+         WHERE oid = 'dcb.append_batch_v2'::regproc ORDER BY 1",
     )
     .fetch_all(db.pool())
     .await
@@ -367,6 +367,93 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
             "plan_cache_mode=force_generic_plan"
         ]
     );
+    // The reader's statement (cut out of `read_first_pages`), generic, as
+    // the function runs it: the probes of acc:4242 by type, of acc:77 with
+    // kind:0 re-checked, and of acc:12 with any type, from position 1 and
+    // from 900,000, walk the tag index; events are fetched by position.
+    let reads = render(EVENT_STORE_STEPS[4], "dcb");
+    let begin = reads.find("-- first pages: begin").unwrap();
+    let end = reads.find("-- first pages: end").unwrap();
+    let first_pages = &reads[begin..end];
+    let pages_args = [
+        ("ARRAY[1, 1, 2, 3]".to_string(), "int[]"),
+        (
+            "ARRAY['acc:4242', 'acc:4242', 'acc:77', 'acc:12']".to_string(),
+            "text[]",
+        ),
+        (
+            "ARRAY['Opened', 'Deposited', NULL, NULL]".to_string(),
+            "text[]",
+        ),
+        (
+            "ARRAY[NULL, NULL, '{\"acc:77\",\"kind:0\"}', NULL]".to_string(),
+            "text[]",
+        ),
+        ("ARRAY[1, 1, 900000, 1]::bigint[]".to_string(), "bigint[]"),
+        (
+            "ARRAY[1000, 1000, 1000, 1000]::bigint[]".to_string(),
+            "bigint[]",
+        ),
+    ];
+    let nodes = explain_generic(&db, first_pages, &pages_args, false).await;
+    for relation in ["event_tags", "events"] {
+        assert!(
+            nodes
+                .iter()
+                .any(|(n, r)| n.starts_with("Index") && r == relation),
+            "no index scan of {relation} in the reader's plan: {nodes:?}"
+        );
+    }
+    let config: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(proconfig) FROM pg_proc
+         WHERE oid = 'dcb.read_first_pages'::regproc ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        config,
+        [
+            "enable_seqscan=off",
+            "jit=off",
+            "plan_cache_mode=force_generic_plan"
+        ]
+    );
+    // And it finds what it should: acc:4242's Opened and Deposited events
+    // (positions 4242 + k * 100,000; types cycle by position % 3), acc:77's
+    // events of kind 0 after 900,000, every event of acc:12.
+    let rows: Vec<(Option<i32>, Option<i64>)> = sqlx::query_as(
+        "SELECT req, position FROM dcb.read_first_pages(
+             ARRAY[1, 1, 2, 3], ARRAY['acc:4242', 'acc:4242', 'acc:77', 'acc:12'],
+             ARRAY['Opened', 'Deposited', NULL, NULL],
+             ARRAY[NULL, NULL, '{\"acc:77\",\"kind:0\"}', NULL],
+             ARRAY[1, 1, 900000, 1]::bigint[], ARRAY[1000, 1000, 1000, 1000]::bigint[])
+         ORDER BY req, position",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let of = |req: i32| -> Vec<i64> {
+        rows.iter()
+            .filter(|(r, _)| *r == Some(req))
+            .filter_map(|(_, p)| *p)
+            .collect()
+    };
+    let expected_4242: Vec<i64> = (0..10)
+        .map(|k| 4242 + k * 100_000)
+        .filter(|p| p % 1000 != 0 && p % 3 != 2)
+        .collect();
+    assert_eq!(of(1), expected_4242);
+    let expected_77: Vec<i64> = (0..10)
+        .map(|k| 77 + k * 100_000)
+        .filter(|p| *p >= 900_000 && p % 7 == 0)
+        .collect();
+    assert_eq!(of(2), expected_77);
+    assert_eq!(
+        of(3),
+        (0..10).map(|k| 12 + k * 100_000).collect::<Vec<i64>>()
+    );
+
     // The event-id check: one probe of the unique index per id, generic.
     let begin = step.find("-- id check: begin").unwrap();
     let end = step.find("-- id check: end").unwrap();
@@ -403,7 +490,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     };
     let text = format!("EXPLAIN (FORMAT JSON) {}", by_type.text);
     let row = sqlx::query(&text)
-        .bind(vec!["RatesChanged".to_string()])
+        .bind("RatesChanged")
         .bind(990_000i64)
         .fetch_one(db.pool())
         .await

@@ -9,6 +9,7 @@ mod explain_tests;
 pub mod listener;
 pub mod migrations;
 pub mod queue;
+mod reader;
 mod row;
 pub mod snapshot;
 mod sql;

@@ -1,5 +1,6 @@
 //! Generates the SQL of reads from a [`Query`]. (Condition checks run inside
-//! the `append_batch` function, migration step 2, with the same index
+//! the `append_batch_v2` function, migration step 4, and the first pages of
+//! decision reads in `read_first_pages`, step 5, with the same index
 //! shapes.)
 //!
 //! Every statement binds its values; only the (validated) schema name is

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::error::store_error;
 use crate::migrations;
+use crate::reader::{self, ReadRequest, ReaderConfig};
 use crate::sql;
 use crate::writer::{self, Message, Request, WriterConfig};
 
@@ -42,6 +43,7 @@ struct Inner {
     pool: PgPool,
     schema: String,
     sender: mpsc::Sender<Message>,
+    reads: mpsc::Sender<ReadRequest>,
     shut: AtomicBool,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -162,11 +164,20 @@ impl PgEventStoreBuilder {
             max_batch_size: self.max_batch_size,
         };
         let handle = tokio::spawn(writer::run(config, receiver));
+        let (reads, read_receiver) = mpsc::channel(1024);
+        tokio::spawn(reader::run(
+            ReaderConfig {
+                pool: pool.clone(),
+                schema: self.schema.clone(),
+            },
+            read_receiver,
+        ));
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
                 schema: self.schema,
                 sender,
+                reads,
                 shut: AtomicBool::new(false),
                 writer: Mutex::new(Some(handle)),
             }),
@@ -238,6 +249,49 @@ impl PgEventStore {
         }
     }
 
+    /// The first page of a read as its own statement: the raw head and up
+    /// to `page` events between `min` and `max`.
+    async fn first_page(
+        &self,
+        query: &Query,
+        forwards: bool,
+        min: i64,
+        max: i64,
+        page: usize,
+    ) -> Result<(i64, Vec<dcb_core::SequencedEvent>), StoreError> {
+        let Some(first_sql) = sql::read_page(&self.inner.schema, query, forwards, true) else {
+            return Ok((raw_head(self.read_head().await?), Vec::new()));
+        };
+        let mut binds = first_sql.binds.clone();
+        binds[0] = sql::Bind::I64(min);
+        binds[1] = sql::Bind::I64(max);
+        binds[2] = sql::Bind::I64(page as i64);
+        let rows = sql::bind_all(sqlx::query(&first_sql.text), &binds)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| store_error("read events", e))?;
+        let head_raw: Option<i64> = match rows.first() {
+            Some(row) => row.try_get(0).map_err(|e| store_error("read events", e))?,
+            None => None,
+        };
+        let Some(head_raw) = head_raw else {
+            return Err(crate::error::backend(
+                "read events",
+                format!(
+                    "{}.head has no row: is the schema migrated?",
+                    self.inner.schema
+                ),
+            ));
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(event) = crate::row::to_event(row, 1)? {
+                events.push(event);
+            }
+        }
+        Ok((head_raw, events))
+    }
+
     async fn read_head(&self) -> Result<Option<Position>, StoreError> {
         let head: i64 =
             sqlx::query_scalar(&format!("SELECT position FROM {}.head", self.inner.schema))
@@ -250,6 +304,10 @@ impl PgEventStore {
 
 pub(crate) fn to_position(raw: i64) -> Option<Position> {
     (raw > 0).then_some(Position(raw as u64))
+}
+
+fn raw_head(head: Option<Position>) -> i64 {
+    head.map_or(0, to_raw)
 }
 
 fn to_raw(position: Position) -> i64 {
@@ -278,10 +336,7 @@ impl EventStore for PgEventStore {
             let limit = options.limit.unwrap_or(usize::MAX);
             let forwards = options.direction == Direction::Forwards;
             let schema = &self.inner.schema;
-            let Some(first_sql) = sql::read_page(schema, query, forwards, true) else {
-                return Ok(ReadResult::from_vec(self.read_head().await?, Vec::new()));
-            };
-            if limit == 0 {
+            if query.is_none() || limit == 0 {
                 return Ok(ReadResult::from_vec(self.read_head().await?, Vec::new()));
             }
             // The first page reads the head in the same statement (one
@@ -294,34 +349,24 @@ impl EventStore for PgEventStore {
             } else {
                 (1, options.start.map_or(i64::MAX, to_raw))
             };
-            let mut binds = first_sql.binds.clone();
-            binds[0] = sql::Bind::I64(min);
-            binds[1] = sql::Bind::I64(max);
-            binds[2] = sql::Bind::I64(page as i64);
-            let rows = sql::bind_all(sqlx::query(&first_sql.text), &binds)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(|e| store_error("read events", e))?;
-            let head_raw: Option<i64> = match rows.first() {
-                Some(row) => row.try_get(0).map_err(|e| store_error("read events", e))?,
-                None => None,
+            // A decision's read (tagged, forwards) waits for the reader's
+            // next statement, shared with the reads of its neighbours.
+            let batched = if forwards {
+                ReadRequest::new(query, min, page)
+            } else {
+                None
             };
-            let head_raw = match head_raw {
-                Some(head) => head,
-                None => {
-                    return Err(crate::error::backend(
-                        "read events",
-                        format!("{schema}.head has no row: is the schema migrated?"),
-                    ))
+            let (head_raw, first) = match batched {
+                Some((request, answer)) => {
+                    let gone =
+                        || crate::error::backend("read events", "the store's reader task stopped");
+                    self.inner.reads.send(request).await.map_err(|_| gone())?;
+                    let page = answer.await.map_err(|_| gone())??;
+                    (page.head, page.events)
                 }
+                None => self.first_page(query, forwards, min, max, page).await?,
             };
             let head = to_position(head_raw);
-            let mut first = Vec::with_capacity(rows.len());
-            for row in &rows {
-                if let Some(event) = crate::row::to_event(row, 1)? {
-                    first.push(event);
-                }
-            }
             let mut cursor = Cursor {
                 min,
                 max: max.min(head_raw),

@@ -387,6 +387,8 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
             ("event_store".to_string(), 1),
             ("event_store".to_string(), 2),
             ("event_store".to_string(), 3),
+            ("event_store".to_string(), 4),
+            ("event_store".to_string(), 5),
             ("jobs".to_string(), 1),
             ("jobs".to_string(), 2)
         ]
@@ -758,5 +760,104 @@ async fn killed_connections_fail_only_their_batch_and_the_writer_recovers() {
         ok.len()
     );
     store.shutdown().await;
+    db.cleanup().await;
+}
+
+/// Reads of decisions' shape (tagged, forwards) share statements in the
+/// reader task: many at once, of every query shape, must each get exactly
+/// their own events, checked against the whole log filtered in memory.
+#[tokio::test]
+async fn concurrent_tagged_reads_each_get_exactly_their_events() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    // Boundary b holds 3b events of types A and B; every third one also
+    // carries `flag:on`. Boundary 30 holds 2,500, more than a page.
+    for b in 0..31usize {
+        let count = if b == 30 { 2500 } else { 3 * b };
+        let name = b.to_string();
+        let events: Vec<EventRecord> = (0..count)
+            .map(|i| {
+                let ty = if i % 2 == 0 { "A" } else { "B" };
+                if i % 3 == 0 {
+                    record(ty, &[("box", name.as_str()), ("flag", "on")])
+                } else {
+                    record(ty, &[("box", name.as_str())])
+                }
+            })
+            .collect();
+        for chunk in events.chunks(500) {
+            if !chunk.is_empty() {
+                store.append(chunk.to_vec(), None).await.unwrap();
+            }
+        }
+    }
+    let (_, log) = store
+        .read(&Query::all(), ReadOptions::forwards())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let shapes = |b: usize| -> Vec<Query> {
+        let tag = Tag::new("box", b);
+        vec![
+            Query::tags([tag.clone()]),
+            Query::from_items([QueryItem::new().types(["A"]).tags([tag.clone()])]),
+            Query::from_items([QueryItem::new().types(["A", "B"]).tags([tag.clone()])]),
+            Query::tags([tag.clone(), Tag::new("flag", "on")]),
+            // Two items that overlap: an event matched by both comes once.
+            Query::from_items([
+                QueryItem::new().types(["B"]).tags([tag.clone()]),
+                QueryItem::new().tags([tag.clone(), Tag::new("flag", "on")]),
+            ]),
+            // Another boundary's tag in the same query.
+            Query::from_items([
+                QueryItem::new().tags([tag]),
+                QueryItem::new()
+                    .types(["A"])
+                    .tags([Tag::new("box", (b + 1) % 31)]),
+            ]),
+        ]
+    };
+    let mut tasks = Vec::new();
+    for n in 0..300usize {
+        let store = store.clone();
+        let b = (n * 7) % 31;
+        let query = shapes(b)[n % 6].clone();
+        let options = match n % 4 {
+            0 => ReadOptions::forwards(),
+            1 => ReadOptions::forwards().after(Position((n * 13 % 3000) as u64)),
+            2 => ReadOptions::forwards().limit(1 + n % 5),
+            _ => ReadOptions::forwards().from(Position(2)).limit(1200),
+        };
+        tasks.push(tokio::spawn(async move {
+            let (head, events) = store
+                .read(&query, options)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            (query, options, head, events)
+        }));
+    }
+    for task in tasks {
+        let (query, options, head, events) = task.await.unwrap();
+        let low = options.start.map_or(1, |p| p.0);
+        let expected: Vec<u64> = log
+            .iter()
+            .filter(|e| e.position.0 >= low)
+            .filter(|e| query.matches(e.event_type().as_str(), &e.record.tags))
+            .map(|e| e.position.0)
+            .take(options.limit.unwrap_or(usize::MAX))
+            .collect();
+        assert_eq!(head, Some(log.last().unwrap().position));
+        assert!(
+            positions(&events) == expected,
+            "{query:?} {options:?}: got {} events, expected {}",
+            events.len(),
+            expected.len()
+        );
+    }
     db.cleanup().await;
 }
