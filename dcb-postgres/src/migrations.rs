@@ -59,6 +59,20 @@ INSERT INTO {schema}.head (id, position) VALUES (true, 0) ON CONFLICT (id) DO NO
     APPEND_BATCH_V2_FUNCTION,
     // 5: the reader's function (see the constant).
     READ_FIRST_PAGES_FUNCTION,
+    // 6: tags and types compare bytewise. Under a database's own collation
+    // (en_US.UTF-8, C.UTF-8, ...) every comparison in the tag and type
+    // indexes copied both strings and called the C library's collation;
+    // "C" compares bytes. Equality is the same either way, and no query
+    // orders by these columns. Rebuilds the indexes on them (no rewrite of
+    // the tables), under an exclusive lock: on a large log, run it in a
+    // quiet moment.
+    r#"
+ALTER TABLE {schema}.event_tags
+    ALTER COLUMN tag TYPE text COLLATE "C",
+    ALTER COLUMN event_type TYPE text COLLATE "C";
+ALTER TABLE {schema}.events
+    ALTER COLUMN event_type TYPE text COLLATE "C";
+"#,
 ];
 
 /// The `{schema}.append_batch` function the writer calls once per batch

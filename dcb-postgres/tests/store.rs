@@ -389,6 +389,7 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
             ("event_store".to_string(), 3),
             ("event_store".to_string(), 4),
             ("event_store".to_string(), 5),
+            ("event_store".to_string(), 6),
             ("jobs".to_string(), 1),
             ("jobs".to_string(), 2)
         ]
