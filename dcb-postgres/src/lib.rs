@@ -6,6 +6,7 @@ mod batch_tests;
 mod error;
 #[cfg(test)]
 mod explain_tests;
+mod io_thread;
 pub mod listener;
 pub mod migrations;
 pub mod queue;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::error::store_error;
+use crate::io_thread::IoThread;
 use crate::migrations;
 use crate::reader::{self, ReadRequest, ReaderConfig};
 use crate::sql;
@@ -46,6 +47,8 @@ struct Inner {
     reads: mpsc::Sender<ReadRequest>,
     shut: AtomicBool,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Runs the writer and the reader; dropped last.
+    _io: IoThread,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -142,12 +145,18 @@ impl PgEventStoreBuilder {
         self.build(pool).await
     }
 
-    /// Starts the store on an existing pool (must be called inside a Tokio
-    /// runtime: it spawns the writer task).
+    /// Starts the store on an existing pool.
+    ///
+    /// The store's writer (appends) and reader (decision reads) run on a
+    /// thread of the store's own, with up to three connections of their own,
+    /// opened with `pool`'s connect options and acquire timeout (not its
+    /// `after_connect` hooks). Other reads, migrations and the caller's
+    /// queries use `pool`.
     ///
     /// # Errors
     /// [`StoreError::InvalidRequest`] for a bad schema name; migration
-    /// failures when migrating on start.
+    /// failures when migrating on start; [`StoreError::Backend`] when the
+    /// thread cannot be started.
     pub async fn build(self, pool: PgPool) -> Result<PgEventStore, StoreError> {
         migrations::validate_schema(&self.schema)
             .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
@@ -156,18 +165,24 @@ impl PgEventStoreBuilder {
                 .await
                 .map_err(|e| store_error("migrate the event store", e))?;
         }
+        let io = IoThread::start(&format!("dcb-pg-{}", self.schema))
+            .map_err(|e| crate::error::backend("start the store's I/O thread", e.to_string()))?;
+        let io_pool = io.pool_like(
+            &pool,
+            (writer::PIPELINE_DEPTH + reader::STATEMENTS_IN_FLIGHT + 1) as u32,
+        );
         let (sender, receiver) = mpsc::channel(self.max_batch_size.saturating_mul(16).max(1024));
         let config = WriterConfig {
-            pool: pool.clone(),
+            pool: io_pool.clone(),
             schema: self.schema.clone(),
             channel: notify_channel(&self.schema),
             max_batch_size: self.max_batch_size,
         };
-        let handle = tokio::spawn(writer::run(config, receiver));
+        let handle = io.handle().spawn(writer::run(config, receiver));
         let (reads, read_receiver) = mpsc::channel(1024);
-        tokio::spawn(reader::run(
+        io.handle().spawn(reader::run(
             ReaderConfig {
-                pool: pool.clone(),
+                pool: io_pool,
                 schema: self.schema.clone(),
             },
             read_receiver,
@@ -180,6 +195,7 @@ impl PgEventStoreBuilder {
                 reads,
                 shut: AtomicBool::new(false),
                 writer: Mutex::new(Some(handle)),
+                _io: io,
             }),
         })
     }

@@ -58,7 +58,7 @@ pub(crate) struct WriterConfig {
 /// less per request than the round trip it saves. Correctness does not
 /// depend on the depth: each batch checks its conditions under the lock,
 /// against everything committed before it.
-const PIPELINE_DEPTH: usize = 1;
+pub(crate) const PIPELINE_DEPTH: usize = 1;
 
 /// A batch's connection coming back when the batch is done (none when the
 /// connection broke).
