@@ -1,4 +1,4 @@
-//! The in-batch paths of `append_batch`, driven directly with hand-made
+//! The in-batch paths of `append_batch_v2`, driven directly with hand-made
 //! batches (through the writer, which requests share a batch depends on
 //! timing): a request checked against the accepted requests before it in
 //! the same batch, a rejected request taking no position, event ids

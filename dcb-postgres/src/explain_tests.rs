@@ -83,10 +83,10 @@ fn literal(bind: &Bind) -> (String, &'static str) {
 }
 
 /// The scans of the GENERIC plan of `text` (what a cached plan runs once
-/// the planner stops re-planning per call, and what `append_batch` uses from
+/// the planner stops re-planning per call, and what `append_batch_v2` uses from
 /// the first call), asserting it never scans `events` or `event_tags`
 /// sequentially. `seqscan` mirrors the session setting the statement runs
-/// under (off inside `append_batch`: an index path must then exist).
+/// under (off inside `append_batch_v2`: an index path must then exist).
 async fn explain_generic(
     db: &TestDatabase,
     text: &str,
@@ -118,6 +118,27 @@ async fn explain_generic(
         .unwrap();
     let plan: serde_json::Value = row.get(0);
     log_scans(&plan, &format!("(generic) {text}"))
+}
+
+/// Asserts that `function` runs with the settings the generic-plan checks
+/// assume: forced generic plans, no sequential scans, no JIT.
+async fn assert_plan_settings(db: &TestDatabase, function: &str) {
+    let config: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(proconfig) FROM pg_proc WHERE oid = $1::regproc ORDER BY 1",
+    )
+    .bind(function)
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        config,
+        [
+            "enable_seqscan=off",
+            "jit=off",
+            "plan_cache_mode=force_generic_plan"
+        ],
+        "{function}"
+    );
 }
 
 #[tokio::test]
@@ -352,21 +373,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
         "{nodes:?}"
     );
     // The settings the checks above assume are the function's own.
-    let config: Vec<String> = sqlx::query_scalar(
-        "SELECT unnest(proconfig) FROM pg_proc
-         WHERE oid = 'dcb.append_batch_v2'::regproc ORDER BY 1",
-    )
-    .fetch_all(db.pool())
-    .await
-    .unwrap();
-    assert_eq!(
-        config,
-        [
-            "enable_seqscan=off",
-            "jit=off",
-            "plan_cache_mode=force_generic_plan"
-        ]
-    );
+    assert_plan_settings(&db, "dcb.append_batch_v2").await;
     // The reader's statement (cut out of `read_first_pages`), generic, as
     // the function runs it: the probes of acc:4242 by type, of acc:77 with
     // kind:0 re-checked, and of acc:12 with any type, from position 1 and
@@ -404,21 +411,7 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
             "no index scan of {relation} in the reader's plan: {nodes:?}"
         );
     }
-    let config: Vec<String> = sqlx::query_scalar(
-        "SELECT unnest(proconfig) FROM pg_proc
-         WHERE oid = 'dcb.read_first_pages'::regproc ORDER BY 1",
-    )
-    .fetch_all(db.pool())
-    .await
-    .unwrap();
-    assert_eq!(
-        config,
-        [
-            "enable_seqscan=off",
-            "jit=off",
-            "plan_cache_mode=force_generic_plan"
-        ]
-    );
+    assert_plan_settings(&db, "dcb.read_first_pages").await;
     // And it finds what it should: acc:4242's Opened and Deposited events
     // (positions 4242 + k * 100,000; types cycle by position % 3), acc:77's
     // events of kind 0 after 900,000, every event of acc:12.

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 
 use crate::error::{backend, store_error_ref};
-use crate::writer::array_literal;
+use crate::sql::{self, Probe};
 
 /// Batch statements running at once.
 pub(crate) const STATEMENTS_IN_FLIGHT: usize = 2;
@@ -45,13 +45,6 @@ pub(crate) struct ReadRequest {
     reply: oneshot::Sender<Result<FirstPage, StoreError>>,
 }
 
-/// One walk of the tag index: an item's first tag, with one of its types.
-struct Probe {
-    tag: String,
-    event_type: Option<String>,
-    all_tags: Option<String>,
-}
-
 impl ReadRequest {
     /// The request for the first `page` events of `query` from position
     /// `low` on, or `None` when the query is not for the reader (some item
@@ -71,32 +64,9 @@ impl ReadRequest {
         let mut probes = Vec::new();
         let mut seen = Vec::new();
         for item in query.items() {
-            if seen.contains(&item) {
-                continue;
-            }
-            seen.push(item);
-            let mut tags: Vec<&str> = item.tags.iter().map(|t| t.as_str()).collect();
-            tags.sort_unstable();
-            tags.dedup();
-            let all_tags = (tags.len() > 1).then(|| array_literal(tags));
-            let tag = item.tags[0].as_str().to_string();
-            let mut types: Vec<&str> = item.types.iter().map(|t| t.as_str()).collect();
-            types.sort_unstable();
-            types.dedup();
-            if types.is_empty() {
-                probes.push(Probe {
-                    tag,
-                    event_type: None,
-                    all_tags,
-                });
-            } else {
-                for event_type in types {
-                    probes.push(Probe {
-                        tag: tag.clone(),
-                        event_type: Some(event_type.to_string()),
-                        all_tags: all_tags.clone(),
-                    });
-                }
+            if !seen.contains(&item) {
+                seen.push(item);
+                probes.extend(sql::probes(item));
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -168,7 +138,7 @@ async fn answer(pool: &PgPool, statement: &str, reads: Vec<ReadRequest>) {
         let number = i32::try_from(index + 1).unwrap_or(i32::MAX);
         for p in &read.probes {
             req.push(number);
-            probe.push(p.tag.as_str());
+            probe.push(p.tag.as_deref());
             probe_type.push(p.event_type.as_deref());
             all_tags.push(p.all_tags.as_deref());
             low.push(read.low);
@@ -224,9 +194,13 @@ async fn answer(pool: &PgPool, statement: &str, reads: Vec<ReadRequest>) {
             if failed.is_some() || events.len() >= page {
                 continue;
             }
+            // The same event found by two items of the read comes twice in a
+            // row: decoded once.
+            let position = row.try_get::<Option<i64>, _>(2).ok().flatten();
+            if position.is_some() && position == events.last().map(|e| e.position.0 as i64) {
+                continue;
+            }
             match crate::row::to_event(row, 2) {
-                // The same event found by two items of the read.
-                Ok(Some(event)) if events.last().map(|e| e.position) == Some(event.position) => {}
                 Ok(Some(event)) => events.push(event),
                 Ok(None) => {}
                 Err(e) => failed = Some(e),

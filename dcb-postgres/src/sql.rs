@@ -48,6 +48,28 @@ impl Sql {
     }
 }
 
+/// A PostgreSQL array literal (`{"a","b"}`) of `items`, every element quoted,
+/// so any text survives: the function receives per-event and per-item lists
+/// as one text each (SQL arrays cannot be ragged) and casts them to `text[]`.
+pub(crate) fn array_literal<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("{");
+    for (index, item) in items.into_iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
 /// Binds `binds` to `query` in order.
 pub(crate) fn bind_all<'q>(
     mut query: SqlxQuery<'q, Postgres, PgArguments>,
@@ -217,4 +239,45 @@ pub(crate) fn read_page(
         sql.push(&page);
     }
     Some(sql)
+}
+
+/// One walk of the tag index for a query item, as the reader's and the
+/// append batch's functions take it: the item's first tag (none for an item
+/// without tags), one of its types (none: any type), and all its tags as an
+/// array literal when it has more than one (re-checked on `events`).
+pub(crate) struct Probe {
+    /// The tag `event_tags` is probed with.
+    pub(crate) tag: Option<String>,
+    /// The type probed, or none for any type.
+    pub(crate) event_type: Option<String>,
+    /// All the item's tags, when it has more than one.
+    pub(crate) all_tags: Option<String>,
+}
+
+/// The probes of `item`: one per distinct type (one for an item without
+/// types), so each walks the index in position order.
+pub(crate) fn probes(item: &QueryItem) -> Vec<Probe> {
+    let mut types: Vec<&str> = item.types.iter().map(|t| t.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let mut tags: Vec<&str> = item.tags.iter().map(|t| t.as_str()).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let tag = item.tags.first().map(|t| t.as_str().to_string());
+    let all_tags = (tags.len() > 1).then(|| array_literal(tags));
+    if types.is_empty() {
+        return vec![Probe {
+            tag,
+            event_type: None,
+            all_tags,
+        }];
+    }
+    types
+        .into_iter()
+        .map(|event_type| Probe {
+            tag: tag.clone(),
+            event_type: Some(event_type.to_string()),
+            all_tags: all_tags.clone(),
+        })
+        .collect()
 }

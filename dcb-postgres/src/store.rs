@@ -169,7 +169,7 @@ impl PgEventStoreBuilder {
             .map_err(|e| crate::error::backend("start the store's I/O thread", e.to_string()))?;
         let io_pool = io.pool_like(
             &pool,
-            (writer::PIPELINE_DEPTH + reader::STATEMENTS_IN_FLIGHT + 1) as u32,
+            (writer::PIPELINE_DEPTH + reader::STATEMENTS_IN_FLIGHT) as u32,
         );
         let (sender, receiver) = mpsc::channel(self.max_batch_size.saturating_mul(16).max(1024));
         let config = WriterConfig {
@@ -374,8 +374,13 @@ impl EventStore for PgEventStore {
             };
             let (head_raw, first) = match batched {
                 Some((request, answer)) => {
-                    let gone =
-                        || crate::error::backend("read events", "the store's reader task stopped");
+                    let gone = || {
+                        crate::error::backend(
+                            "read events",
+                            "the store's reader task stopped (see the logs for a panic); \
+                             open the store again",
+                        )
+                    };
                     self.inner.reads.send(request).await.map_err(|_| gone())?;
                     let page = answer.await.map_err(|_| gone())??;
                     (page.head, page.events)

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::error::store_error_ref;
 use crate::row::metadata_json;
+use crate::sql;
 
 /// What the store sends the writer.
 pub(crate) enum Message {
@@ -214,29 +215,7 @@ fn raw(position: Option<Position>) -> i64 {
     position.map_or(0, |p| i64::try_from(p.0).unwrap_or(i64::MAX))
 }
 
-/// A PostgreSQL array literal (`{"a","b"}`) of `items`, every element quoted,
-/// so any text survives: the function receives per-event and per-item lists
-/// as one text each (SQL arrays cannot be ragged) and casts them to `text[]`.
-pub(crate) fn array_literal<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    let mut out = String::from("{");
-    for (index, item) in items.into_iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        out.push('"');
-        for c in item.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out.push('"');
-    }
-    out.push('}');
-    out
-}
-
-/// A batch's arguments of `append_batch`, as arrays (see migration step 2
+/// A batch's arguments of `append_batch_v2`, as arrays (see migration step 4
 /// for their meaning). Requests, events and items are numbered from 1.
 #[derive(Default)]
 pub(crate) struct Batch {
@@ -350,7 +329,7 @@ impl Batch {
                 batch.e_type.push(event.event_type.as_str().to_string());
                 batch
                     .e_tags
-                    .push(array_literal(event.tags.iter().map(|t| t.as_str())));
+                    .push(sql::array_literal(event.tags.iter().map(|t| t.as_str())));
                 batch.e_payload.push(event.payload.clone());
                 batch.e_metadata.push(metadata_json(&event.metadata));
                 batch.e_id.push(id);
@@ -379,25 +358,12 @@ impl Batch {
     }
 
     fn push_item(&mut self, request: usize, after: i64, item: &dcb_core::QueryItem) {
-        let mut types: Vec<&str> = item.types.iter().map(|t| t.as_str()).collect();
-        types.sort_unstable();
-        types.dedup();
-        let mut tags: Vec<&str> = item.tags.iter().map(|t| t.as_str()).collect();
-        tags.sort_unstable();
-        tags.dedup();
-        let probe = item.tags.first().map(|t| t.as_str().to_string());
-        let all_tags = (tags.len() > 1).then(|| array_literal(tags));
-        let types: Vec<Option<String>> = if types.is_empty() {
-            vec![None]
-        } else {
-            types.into_iter().map(|t| Some(t.to_string())).collect()
-        };
-        for event_type in types {
+        for probe in sql::probes(item) {
             self.c_request.push(number(request));
             self.c_after.push(after);
-            self.c_probe.push(probe.clone());
-            self.c_type.push(event_type);
-            self.c_tags.push(all_tags.clone());
+            self.c_probe.push(probe.tag);
+            self.c_type.push(probe.event_type);
+            self.c_tags.push(probe.all_tags);
         }
     }
 }
