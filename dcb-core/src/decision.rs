@@ -9,6 +9,7 @@ use futures::TryStreamExt;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::codec::CodecError;
 use crate::event::{DecodeError, Event, EventRecord, Sequenced, SequencedEvent};
 use crate::query::{AppendCondition, Query, QueryItem};
@@ -60,15 +61,17 @@ pub trait Decision: Send + Sync {
 }
 
 /// How the decision maker retries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total (the first one included) when the condition fails.
     pub max_attempts: u32,
-    /// The first backoff; doubled per attempt, with full jitter.
-    pub base_delay: Duration,
-    /// The longest backoff.
-    pub max_delay: Duration,
-    /// Also retry (same limits) when the store is unavailable.
+    /// The wait between attempts (default: 1 ms doubling up to 100 ms, half
+    /// jitter, which keeps racers on one boundary apart without starving
+    /// anyone).
+    pub backoff: Backoff,
+    /// Also retry (same limits) when the store was unavailable and nothing
+    /// was appended. An append whose outcome is unknown is never retried
+    /// this way (see [`StoreError::OutcomeUnknown`]).
     pub retry_unavailable: bool,
 }
 
@@ -76,22 +79,9 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 16,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(100),
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(100)),
             retry_unavailable: false,
         }
-    }
-}
-
-impl RetryPolicy {
-    /// The jittered delay before attempt `attempt + 1` (attempt counts from 1).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.max_delay);
-        // Jitter in [cap/2, cap] keeps racers apart without starving anyone.
-        cap.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 }
 
@@ -318,7 +308,7 @@ impl<S: EventStore> DecisionMaker<S> {
                 {
                     Err(DecisionError::Store(e)) if self.should_retry(&e, attempt) => {
                         tracing::debug!(attempt, error = %e, "retrying decision");
-                        tokio::time::sleep(self.retry.backoff(attempt)).await;
+                        tokio::time::sleep(self.retry.backoff.delay(attempt)).await;
                     }
                     Err(DecisionError::Store(StoreError::ConditionFailed { .. })) => {
                         return Err(DecisionError::Conflict { attempts: attempt })
@@ -595,7 +585,10 @@ impl<S: EventStore> DecisionMaker<S> {
             }
             records.push(record);
         }
-        let metas: Vec<_> = records.iter().map(|r| r.metadata.clone()).collect();
+        let envelopes: Vec<_> = records
+            .iter()
+            .map(|r| (r.tags.clone(), r.metadata.clone()))
+            .collect();
 
         let check = decision.validation_query().unwrap_or(state_query);
         let check = match key_item {
@@ -608,10 +601,11 @@ impl<S: EventStore> DecisionMaker<S> {
         let events = appended
             .positions()
             .zip(new_events)
-            .zip(metas)
-            .map(|((position, event), metadata)| Sequenced {
+            .zip(envelopes)
+            .map(|((position, event), (tags, metadata))| Sequenced {
                 position,
                 recorded_at: now,
+                tags,
                 metadata,
                 event,
             })

@@ -173,23 +173,48 @@ impl SequencedEvent {
         Ok(Sequenced {
             position: self.position,
             recorded_at: self.recorded_at,
+            tags: self.record.tags.clone(),
             metadata: self.record.metadata.clone(),
             event,
         })
     }
 }
 
-/// A decoded event with its position and metadata.
+/// A decoded event with everything the store keeps about it: position,
+/// recording time, tags and metadata. Listeners, transactional listeners and
+/// sequenced folds ([`SequencedMutate`](crate::SequencedMutate)) receive it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sequenced<E> {
     /// Where it is in the log.
     pub position: Position,
     /// When the store recorded it.
     pub recorded_at: DateTime<Utc>,
+    /// Its tags as stored (those of the event's `#[id]` fields, plus any the
+    /// framework added, such as an idempotency key).
+    pub tags: Vec<Tag>,
     /// The metadata.
     pub metadata: EventMetadata,
     /// The decoded event.
     pub event: E,
+}
+
+impl<E> Sequenced<E> {
+    /// The same envelope around another value (e.g. the event converted to
+    /// a parent enum or a sub-stream).
+    pub fn map<F>(self, f: impl FnOnce(E) -> F) -> Sequenced<F> {
+        Sequenced {
+            position: self.position,
+            recorded_at: self.recorded_at,
+            tags: self.tags,
+            metadata: self.metadata,
+            event: f(self.event),
+        }
+    }
+
+    /// The event id (from the metadata).
+    pub fn event_id(&self) -> uuid::Uuid {
+        self.metadata.event_id
+    }
 }
 
 /// A stored event that could not be decoded, with the type and position that

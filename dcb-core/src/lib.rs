@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod backoff;
 mod codec;
 mod decision;
 mod event;
@@ -8,13 +9,13 @@ pub mod fnv;
 mod listener;
 mod memory;
 mod query;
-pub mod runner;
 pub mod snapshot;
 mod state;
 mod store;
 mod tag;
 pub mod testing;
 
+pub use backoff::{Backoff, MAX_DELAY};
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use decision::{
     Decided, Decision, DecisionError, DecisionMaker, MakeOptions, RetryPolicy, UnknownEventPolicy,
@@ -23,14 +24,14 @@ pub use decision::{
 pub use event::{
     DecodeError, Event, EventMetadata, EventRecord, EventSchema, Sequenced, SequencedEvent,
 };
-pub use listener::{Listener, ReadModel, TransactionalListener};
+pub use listener::{Listener, ListenerState, ReadModel, TransactionalListener, DEFAULT_PARK_AFTER};
 pub use memory::InMemoryEventStore;
 pub use query::{AppendCondition, Query, QueryItem};
 pub use snapshot::{
-    query_hash, snapshot_key, InMemorySnapshotStore, Snapshot, SnapshotStore, Snapshotted,
+    query_digest, snapshot_key, InMemorySnapshotStore, Snapshot, SnapshotStore, Snapshotted,
     StoredSnapshot,
 };
-pub use state::{state_query_for, DecisionState, StateMutate, StateQuery};
+pub use state::{state_query_for, DecisionState, SequencedMutate, StateMutate, StateQuery};
 pub use store::{
     AppendResult, BoxError, Direction, EventStore, ReadOptions, ReadResult, StoreError,
 };
@@ -48,4 +49,37 @@ pub use dcb_macros::StateQuery;
 pub mod __private {
     pub use serde;
     pub use std;
+
+    /// Whether some event type of `schema` carries tag key `key` (a compile
+    /// time check of `#[derive(StateQuery)]` ids).
+    pub const fn carries_tag_key(schema: &[crate::EventSchema], key: &str) -> bool {
+        let mut i = 0;
+        while i < schema.len() {
+            let keys = schema[i].tag_keys;
+            let mut j = 0;
+            while j < keys.len() {
+                if str_eq(keys[j], key) {
+                    return true;
+                }
+                j += 1;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }

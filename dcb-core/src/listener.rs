@@ -1,5 +1,6 @@
-//! What projections and automations implement. The runners that feed them
-//! (with checkpoints, leadership and retries) live in the backend crates.
+//! What projections and automations implement, and the words every runner
+//! reports them in. The runners that feed them (with checkpoints, leadership
+//! and retries) live in the backend crates.
 
 use async_trait::async_trait;
 
@@ -20,7 +21,7 @@ pub trait Listener: Send + Sync {
 
     /// Which events to deliver; by default every type of [`Listener::Event`].
     fn query(&self) -> Query {
-        Query::types(Self::Event::event_types())
+        Query::of::<Self::Event>()
     }
 
     /// Handles one event.
@@ -45,7 +46,7 @@ pub trait TransactionalListener<Tx: Send>: Send + Sync {
     /// Which events to deliver; by default every type of
     /// [`TransactionalListener::Event`].
     fn query(&self) -> Query {
-        Query::types(Self::Event::event_types())
+        Query::of::<Self::Event>()
     }
 
     /// Handles one event inside `tx`.
@@ -65,8 +66,8 @@ pub trait TransactionalListener<Tx: Send>: Send + Sync {
     }
 }
 
-/// A read model folded in memory from events: what the projection harness
-/// tests and what an in-memory runner can keep up to date.
+/// A read model folded in memory from events, as the
+/// [`ProjectionHarness`](crate::testing::ProjectionHarness) tests it.
 pub trait ReadModel: Send + Sync {
     /// The events it folds.
     type Event: Event;
@@ -74,3 +75,57 @@ pub trait ReadModel: Send + Sync {
     /// Applies one event.
     fn apply(&mut self, event: &Sequenced<Self::Event>);
 }
+
+/// What a listener is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListenerState {
+    /// The runner has not started it yet.
+    Starting,
+    /// Another instance leads it; this one waits to take over.
+    Standby,
+    /// Handling a backlog.
+    Running,
+    /// Caught up, waiting for new events.
+    Idle,
+    /// A handler failed; it retries with backoff and parks the event after
+    /// the configured attempts.
+    Retrying,
+    /// A handler failed; it retries with backoff and never parks, so the
+    /// listener is blocked until the handler succeeds.
+    Blocked,
+    /// Not running.
+    Stopped,
+}
+
+impl ListenerState {
+    /// A stable lower-case name (`"idle"`, `"blocked"`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerState::Starting => "starting",
+            ListenerState::Standby => "standby",
+            ListenerState::Running => "running",
+            ListenerState::Idle => "idle",
+            ListenerState::Retrying => "retrying",
+            ListenerState::Blocked => "blocked",
+            ListenerState::Stopped => "stopped",
+        }
+    }
+
+    /// The state named `name` by [`ListenerState::as_str`]; unknown names
+    /// read as [`ListenerState::Stopped`].
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "starting" => ListenerState::Starting,
+            "standby" => ListenerState::Standby,
+            "running" => ListenerState::Running,
+            "idle" => ListenerState::Idle,
+            "retrying" => ListenerState::Retrying,
+            "blocked" => ListenerState::Blocked,
+            _ => ListenerState::Stopped,
+        }
+    }
+}
+
+/// How many attempts a listener makes on an event before parking it, unless
+/// told otherwise.
+pub const DEFAULT_PARK_AFTER: u32 = 10;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
 use crate::tag::{EventType, Position, Tag};
 
 /// One alternative of a [`Query`]: an event matches when its type is one of
@@ -28,6 +29,12 @@ impl QueryItem {
     {
         self.types.extend(types.into_iter().map(Into::into));
         self
+    }
+
+    /// An item over every event type of `E` (an event enum or one of its
+    /// `#[stream]`s), with any tags.
+    pub fn of<E: Event>() -> Self {
+        QueryItem::new().types(E::event_types())
     }
 
     /// Adds required tags.
@@ -95,6 +102,12 @@ impl Query {
         T: Into<EventType>,
     {
         Query::from_items([QueryItem::new().types(types)])
+    }
+
+    /// Events of every type of `E` (an event enum or one of its
+    /// `#[stream]`s): what a listener of `E` reads by default.
+    pub fn of<E: Event>() -> Self {
+        Query::from_items([QueryItem::of::<E>()])
     }
 
     /// Events carrying all of `tags`.

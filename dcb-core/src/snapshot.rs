@@ -24,9 +24,8 @@ use serde::Serialize;
 
 use crate::codec::CodecError;
 use crate::event::{DecodeError, SequencedEvent};
-use crate::fnv::Fnv1a;
 use crate::query::Query;
-use crate::state::{DecisionState, StateMutate, StateQuery};
+use crate::state::{DecisionState, SequencedMutate, StateQuery};
 use crate::store::StoreError;
 use crate::tag::Position;
 
@@ -132,7 +131,7 @@ impl SnapshotStore for InMemorySnapshotStore {
 /// A state that can be snapshotted: serde for the payload (JSON by default)
 /// and a schema version.
 ///
-/// Bump [`VERSION`](Self::VERSION) whenever the fold ([`StateMutate::mutate`])
+/// Bump [`VERSION`](Self::VERSION) whenever the fold ([`StateMutate::mutate`](crate::StateMutate::mutate))
 /// or the fields change meaning: the version is part of the snapshot key, so
 /// snapshots of the old fold are never loaded again. (A change of the query,
 /// such as a new event type in the state's stream, changes the key by itself.)
@@ -140,7 +139,7 @@ impl SnapshotStore for InMemorySnapshotStore {
 /// Only what the events give belongs in the state; command parameters stay on
 /// the decision, or a snapshot would carry one command's parameters into the
 /// next.
-pub trait Snapshot: StateMutate + Serialize + DeserializeOwned {
+pub trait Snapshot: SequencedMutate + Serialize + DeserializeOwned {
     /// The schema version of the snapshot payload and fold.
     const VERSION: u32 = 1;
 
@@ -284,8 +283,11 @@ impl<S: Snapshot> DecisionState for Snapshotted<S> {
 }
 
 /// The key a snapshot of state `name` at schema `version` over `query` is
-/// saved under: `{name}/v{version}/{hash}`, `hash` being
-/// [`query_hash`] in 16 hex digits.
+/// saved under: `{name}/v{version}/{digest}`, `digest` being [`query_digest`]
+/// in 64 hex digits.
+///
+/// The digest is SHA-256, so two queries never share a key in practice,
+/// even when an adversary chooses the ids that end up in the query's tags.
 ///
 /// ```
 /// use dcb_core::{snapshot_key, Query, Tag};
@@ -296,14 +298,20 @@ impl<S: Snapshot> DecisionState for Snapshotted<S> {
 /// assert!(snapshot_key("Account", 1, &a1).starts_with("Account/v1/"));
 /// ```
 pub fn snapshot_key(name: &str, version: u32, query: &Query) -> String {
-    format!("{name}/v{version}/{:016x}", query_hash(query))
+    let digest = query_digest(query);
+    let mut key = format!("{name}/v{version}/");
+    for byte in digest {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
 }
 
-/// A hash of `query` that is stable across builds, platforms and Rust
-/// versions (64-bit FNV-1a over a canonical, length-prefixed encoding), and
+/// A SHA-256 digest of `query` that is stable across builds, platforms and
+/// Rust versions (over a canonical, length-prefixed encoding), and
 /// insensitive to the order of items, types and tags and to duplicates,
 /// since those do not change what the query matches.
-pub fn query_hash(query: &Query) -> u64 {
+pub fn query_digest(query: &Query) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
     let mut items: Vec<(Vec<&str>, Vec<&str>)> = query
         .items()
         .iter()
@@ -320,19 +328,22 @@ pub fn query_hash(query: &Query) -> u64 {
     items.sort_unstable();
     items.dedup();
 
-    let mut hash = Fnv1a::new();
-    hash.write_len(items.len());
+    let mut hash = Sha256::new();
+    let len = |n: usize| (n as u64).to_le_bytes();
+    hash.update(len(items.len()));
     for (types, tags) in &items {
-        hash.write_len(types.len());
+        hash.update(len(types.len()));
         for t in types {
-            hash.write_str(t);
+            hash.update(len(t.len()));
+            hash.update(t.as_bytes());
         }
-        hash.write_len(tags.len());
+        hash.update(len(tags.len()));
         for t in tags {
-            hash.write_str(t);
+            hash.update(len(t.len()));
+            hash.update(t.as_bytes());
         }
     }
-    hash.finish()
+    hash.finalize().into()
 }
 
 #[cfg(test)]
@@ -342,19 +353,19 @@ mod tests {
     use crate::tag::Tag;
 
     #[test]
-    fn query_hash_is_pinned() {
+    fn snapshot_key_is_pinned() {
         // A change of this value orphans every stored snapshot: don't.
         let q = Query::from_items([QueryItem::new()
             .types(["Opened", "Deposited"])
             .tags([Tag::new("account", "a1")])]);
-        assert_eq!(query_hash(&q), PINNED);
-        assert_eq!(query_hash(&Query::none()), query_hash(&Query::none()));
+        assert_eq!(snapshot_key("Account", 3, &q), PINNED);
     }
 
-    const PINNED: u64 = 0x7e8c_3152_6d15_856b;
+    const PINNED: &str =
+        "Account/v3/e360aec9b038176461b1a2a29434f551ec10bf16b9f8132676395db78cdd2a1e";
 
     #[test]
-    fn query_hash_ignores_order_and_duplicates() {
+    fn query_digest_ignores_order_and_duplicates() {
         let a = Query::from_items([
             QueryItem::new()
                 .types(["B", "A"])
@@ -367,13 +378,13 @@ mod tests {
                 .types(["A", "B", "A"])
                 .tags([Tag::new("y", 2), Tag::new("x", 1)]),
         ]);
-        assert_eq!(query_hash(&a), query_hash(&b));
+        assert_eq!(query_digest(&a), query_digest(&b));
         let c = Query::from_items([QueryItem::new().types(["A", "B"])]);
-        assert_ne!(query_hash(&a), query_hash(&c));
+        assert_ne!(query_digest(&a), query_digest(&c));
         // Length prefixes keep boundaries: ["ab"] vs ["a", "b"].
         let d = Query::types(["ab"]);
         let e = Query::types(["a", "b"]);
-        assert_ne!(query_hash(&d), query_hash(&e));
-        assert_ne!(query_hash(&Query::none()), query_hash(&Query::all()));
+        assert_ne!(query_digest(&d), query_digest(&e));
+        assert_ne!(query_digest(&Query::none()), query_digest(&Query::all()));
     }
 }

@@ -1,6 +1,6 @@
 //! States a decision reads: a query over a sub-stream of events and a fold.
 
-use crate::event::{DecodeError, Event, SequencedEvent};
+use crate::event::{DecodeError, Event, Sequenced, SequencedEvent};
 use crate::query::{Query, QueryItem};
 use crate::tag::{EventType, Tag};
 
@@ -27,6 +27,41 @@ pub trait StateQuery: Send + Sync + 'static {
 pub trait StateMutate: StateQuery {
     /// Applies one event.
     fn mutate(&mut self, event: Self::Event);
+}
+
+/// A fold that needs more than each event's payload: its position, tags or
+/// metadata. Implement it instead of [`StateMutate`] (every `StateMutate`
+/// state is a `SequencedMutate` already, through a blanket impl), and the
+/// state can be read by decisions, alone or in a tuple, like any other.
+///
+/// ```
+/// use dcb_core::{Event, Position, Sequenced, SequencedMutate, StateQuery};
+///
+/// #[derive(Event, Debug, Clone)]
+/// enum PriceEvent {
+///     PriceChanged { #[id] product: String, price: u32 },
+/// }
+///
+/// /// Where the product's price last changed.
+/// #[derive(StateQuery)]
+/// #[state_query(PriceEvent)]
+/// struct LastChange { #[id] product: String, at: Option<Position> }
+///
+/// impl SequencedMutate for LastChange {
+///     fn mutate(&mut self, event: Sequenced<PriceEvent>) {
+///         self.at = Some(event.position);
+///     }
+/// }
+/// ```
+pub trait SequencedMutate: StateQuery {
+    /// Applies one event with everything the store keeps about it.
+    fn mutate(&mut self, event: Sequenced<Self::Event>);
+}
+
+impl<S: StateMutate> SequencedMutate for S {
+    fn mutate(&mut self, event: Sequenced<Self::Event>) {
+        StateMutate::mutate(self, event.event)
+    }
 }
 
 /// Builds the query of a state over event enum `E` with the given id tags:
@@ -127,13 +162,15 @@ pub trait DecisionState: Send + Sync + 'static {
     }
 }
 
-fn fold_member<S: StateMutate>(state: &mut S, event: &SequencedEvent) -> Result<(), DecodeError> {
-    let decoded = event.decode::<S::Event>()?;
-    state.mutate(decoded.event);
+fn fold_member<S: SequencedMutate>(
+    state: &mut S,
+    event: &SequencedEvent,
+) -> Result<(), DecodeError> {
+    SequencedMutate::mutate(state, event.decode::<S::Event>()?);
     Ok(())
 }
 
-impl<S: StateMutate> DecisionState for S {
+impl<S: SequencedMutate> DecisionState for S {
     fn queries(&self) -> Vec<Query> {
         vec![self.query()]
     }
@@ -158,7 +195,7 @@ impl DecisionState for () {
 
 macro_rules! tuple_state {
     ($($name:ident $idx:tt),+) => {
-        impl<$($name: StateMutate),+> DecisionState for ($($name,)+) {
+        impl<$($name: SequencedMutate),+> DecisionState for ($($name,)+) {
             fn queries(&self) -> Vec<Query> {
                 vec![$(self.$idx.query()),+]
             }

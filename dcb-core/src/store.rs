@@ -176,10 +176,22 @@ pub enum StoreError {
         after: Option<Position>,
     },
     /// The store could not be reached (connection refused, timed out, failed
-    /// over). Nothing is known to be appended; retrying later is safe for
-    /// appends with a condition or an idempotency key.
-    #[error("event store unavailable: {source}")]
+    /// over) and the request was **not** carried out: for an append, the
+    /// store knows nothing of it was committed (it was never sent, or the
+    /// store checked after a lost reply). Retrying later is safe.
+    #[error("event store unavailable (nothing was appended): {source}")]
     Unavailable {
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+    /// An append was sent, but its reply was lost and the store could not
+    /// find out in time whether it committed: its events may or may not be
+    /// in the log. A blind retry may append them twice; retry only with the
+    /// same event ids or an idempotency key (the decision maker re-reads the
+    /// key and so never appends twice), or read the log to find out.
+    #[error("append outcome unknown (it may or may not have committed): {source}")]
+    OutcomeUnknown {
         /// The cause.
         #[source]
         source: BoxError,
@@ -215,13 +227,24 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same operation may succeed (a failed condition
-    /// after a re-read, or an outage after a pause).
+    /// Whether retrying the same operation may succeed and is safe: a failed
+    /// condition (after a re-read) or an outage in which nothing was done.
+    /// An unknown outcome is not: see [`StoreError::OutcomeUnknown`].
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
             StoreError::ConditionFailed { .. } | StoreError::Unavailable { .. }
         )
+    }
+
+    /// Whether the store could not be reached and did nothing.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// Whether an append may or may not have committed.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, StoreError::OutcomeUnknown { .. })
     }
 
     /// Whether this is a failed append condition.

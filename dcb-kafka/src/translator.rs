@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dcb_core::fnv::Fnv1a;
-use dcb_core::runner::Backoff;
+use dcb_core::Backoff;
 use dcb_core::{Decision, DecisionError, DecisionMaker, MakeOptions, StoreError};
 use dcb_postgres::PgEventStore;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -336,11 +336,7 @@ impl TranslatorRunner {
             group_id: group_id.into(),
             store,
             translators: Vec::new(),
-            backoff: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(30),
-                multiplier: 2.0,
-            },
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
         }
     }
 

@@ -4,8 +4,9 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
+use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
-use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitStr, Meta, Token, Type};
+use syn::{Attribute, Expr, ExprLit, ExprPath, Ident, Lit, LitStr, Meta, Token, Type};
 
 use crate::ctxt::Ctxt;
 
@@ -35,26 +36,104 @@ pub(crate) fn is(attr: &Attribute, name: &str) -> bool {
     attr.path().is_ident(name)
 }
 
-/// Finds the `#[id]` attributes of a field, checks they are bare, and says
-/// whether the field is an id.
-pub(crate) fn parse_id_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> bool {
-    let mut found = false;
+/// What an `#[id]` attribute says: the field is an id, tagged under `key`
+/// (the field name unless `#[id(key = "..")]` says otherwise).
+pub(crate) struct IdAttr {
+    /// The tag key.
+    pub(crate) key: String,
+}
+
+const ID_FORM: &str = "write `#[id]` (the tag key is the field name) or \
+                       `#[id(key = \"account\")]` (another key, e.g. when two fields \
+                       of one event tag the same key); the tag value is the field's \
+                       `Display` output";
+
+/// Finds the `#[id]` attributes of a field named `field` and says whether
+/// it is an id and under which key.
+pub(crate) fn parse_id_attrs(cx: &mut Ctxt, attrs: &[Attribute], field: &Ident) -> Option<IdAttr> {
+    let mut found: Option<IdAttr> = None;
     for attr in attrs.iter().filter(|a| is(a, "id")) {
-        match &attr.meta {
-            Meta::Path(_) => {
-                if found {
-                    cx.error_spanned_by(attr, "duplicate `#[id]` on this field: write it once");
+        let key = match &attr.meta {
+            Meta::Path(_) => Some(field.unraw().to_string()),
+            Meta::List(_) => {
+                let mut key = None;
+                let res = attr.parse_nested_meta(|meta| {
+                    if meta.path.is_ident("key") {
+                        let lit = lit_str(&meta)?;
+                        if key.is_some() {
+                            return Err(meta.error("duplicate `key`: give the tag one key"));
+                        }
+                        check_tag_key(&lit)?;
+                        key = Some(lit.value());
+                        Ok(())
+                    } else {
+                        Err(meta.error(format!(
+                            "unknown key `{}` in `#[id(...)]`: {ID_FORM}",
+                            meta.path.to_token_stream()
+                        )))
+                    }
+                });
+                match res {
+                    Ok(()) if key.is_none() => {
+                        cx.error_spanned_by(attr, ID_FORM);
+                        None
+                    }
+                    Ok(()) => key,
+                    Err(e) => {
+                        cx.syn_error(e);
+                        None
+                    }
                 }
-                found = true;
             }
-            _ => cx.error_spanned_by(
-                attr,
-                "`#[id]` takes no arguments: write plain `#[id]`; the tag key is the field name \
-                 and the tag value is the field's `Display` output",
-            ),
+            Meta::NameValue(_) => {
+                cx.error_spanned_by(attr, ID_FORM);
+                None
+            }
+        };
+        if found.is_some() {
+            cx.error_spanned_by(attr, "duplicate `#[id]` on this field: write it once");
+        } else if let Some(key) = key {
+            found = Some(IdAttr { key });
         }
     }
     found
+}
+
+/// Checks a custom tag key: a lower-case identifier, so that it is a valid
+/// key (no `:`, no NUL, short enough to index) and names a variant of the
+/// generated tag-key enum.
+fn check_tag_key(lit: &LitStr) -> syn::Result<()> {
+    let key = lit.value();
+    let mut chars = key.chars();
+    let ok = key.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(syn::Error::new_spanned(
+            lit,
+            format!(
+                "invalid tag key {key:?}: a tag key is a lower-case identifier \
+                 (`[a-z][a-z0-9_]*`, at most 64 bytes), e.g. `account` or `cart_id`"
+            ),
+        ))
+    }
+}
+
+/// The variant name a tag key gets in the generated tag-key enum:
+/// `cart_id` → `CartId`.
+pub(crate) fn key_variant(key: &str) -> String {
+    key.split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect::<String>(),
+                None => String::new(),
+            }
+        })
+        .collect()
 }
 
 /// Reports `#[id]` attributes where they mean nothing (on an enum, variant or

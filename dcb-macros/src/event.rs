@@ -20,6 +20,10 @@ struct EventEnum<'a> {
     codec: TokenStream,
     variants: Vec<Variant<'a>>,
     streams: Vec<Stream>,
+    /// The generated enum of event type names.
+    types_ident: Ident,
+    /// The generated enum of tag keys.
+    tags_ident: Ident,
 }
 
 /// One variant: one event type.
@@ -42,6 +46,8 @@ struct Field<'a> {
     ty: &'a Type,
     /// `Some` for `#[id]` fields.
     id: Option<IdShape>,
+    /// The tag key of an `#[id]` field.
+    key: String,
     docs: Vec<&'a Attribute>,
     serde: SerdeField,
 }
@@ -137,7 +143,7 @@ fn parse<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
     }
     attr::reject_misplaced_id(cx, &input.attrs, "an enum");
 
-    let codec = parse_enum_event_attrs(cx, &input.attrs);
+    let enum_attrs = parse_enum_event_attrs(cx, &input.attrs);
 
     let mut variants: Vec<Variant<'a>> = Vec::new();
     for v in &data.variants {
@@ -159,12 +165,22 @@ fn parse<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
 
     let streams = parse_streams(cx, input, data);
 
+    check_tag_variants(cx, input, &variants);
+
     Some(EventEnum {
         ident: &input.ident,
         vis: &input.vis,
-        codec: codec.unwrap_or_else(|| quote!(::dcb_core::JsonCodec)),
+        codec: enum_attrs
+            .codec
+            .unwrap_or_else(|| quote!(::dcb_core::JsonCodec)),
         variants,
         streams,
+        types_ident: enum_attrs
+            .types
+            .unwrap_or_else(|| format_ident!("{}Type", input.ident)),
+        tags_ident: enum_attrs
+            .tags
+            .unwrap_or_else(|| format_ident!("{}Tag", input.ident)),
     })
 }
 
@@ -184,9 +200,23 @@ fn rename_span(v: &syn::Variant) -> Option<TokenStream> {
     found
 }
 
-/// `#[event(codec = path::To::Codec)]` on the enum.
-fn parse_enum_event_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Option<TokenStream> {
-    let mut codec: Option<TokenStream> = None;
+/// What `#[event(...)]` says on the enum.
+#[derive(Default)]
+struct EnumAttrs {
+    codec: Option<TokenStream>,
+    /// The name of the generated event-type enum.
+    types: Option<Ident>,
+    /// The name of the generated tag-key enum.
+    tags: Option<Ident>,
+}
+
+const ENUM_KEYS: &str = "the valid keys are: `codec` (e.g. `#[event(codec = MyCodec)]`), \
+                         `types` and `tags` (names of the generated enums of event types and \
+                         tag keys, e.g. `#[event(types = CartTypes)]`)";
+
+/// `#[event(codec = path::To::Codec, types = Name, tags = Name)]` on the enum.
+fn parse_enum_event_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> EnumAttrs {
+    let mut out = EnumAttrs::default();
     for a in attrs.iter().filter(|a| attr::is(a, "event")) {
         let res = a.parse_nested_meta(|meta| {
             if meta.path.is_ident("codec") {
@@ -196,20 +226,33 @@ fn parse_enum_event_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Option<TokenStr
                 } else {
                     value.parse()?
                 };
-                if codec.is_some() {
+                if out.codec.is_some() {
                     return Err(meta.error("duplicate `codec`: choose one codec per enum"));
                 }
-                codec = Some(ty.to_token_stream());
+                out.codec = Some(ty.to_token_stream());
+                Ok(())
+            } else if meta.path.is_ident("types") || meta.path.is_ident("tags") {
+                let ident: Ident = meta.value()?.parse()?;
+                let slot = if meta.path.is_ident("types") {
+                    &mut out.types
+                } else {
+                    &mut out.tags
+                };
+                if slot.is_some() {
+                    return Err(meta.error("duplicate key: name each generated enum once"));
+                }
+                *slot = Some(ident);
                 Ok(())
             } else if meta.path.is_ident("rename") {
                 Err(meta.error(
                     "`rename` goes on a variant (`#[event(rename = \"Name\")]` names one event \
-                     type); on the enum the valid key is: `codec`",
+                     type); on the enum, "
+                        .to_string()
+                        + ENUM_KEYS,
                 ))
             } else {
                 Err(meta.error(format!(
-                    "unknown key `{}` in `#[event(...)]` on an enum; the valid key is: \
-                     `codec` (e.g. `#[event(codec = MyCodec)]`)",
+                    "unknown key `{}` in `#[event(...)]` on an enum; {ENUM_KEYS}",
                     meta.path.to_token_stream()
                 )))
             }
@@ -218,7 +261,40 @@ fn parse_enum_event_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Option<TokenStr
             cx.syn_error(e);
         }
     }
-    codec
+    out
+}
+
+/// Every tag key must map to its own variant of the tag-key enum.
+fn check_tag_variants(cx: &mut Ctxt, input: &DeriveInput, variants: &[Variant<'_>]) {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for f in variants.iter().flat_map(|v| &v.fields) {
+        if f.id.is_none() {
+            continue;
+        }
+        let name = attr::key_variant(&f.key);
+        match seen.iter().find(|(n, _)| *n == name) {
+            Some((_, key)) if *key != f.key => cx.error_spanned_by(
+                f.ident,
+                format!(
+                    "tag keys `{key}` and `{}` of `{}` both name `{name}` in the generated enum \
+                     of tag keys: spell them alike, or give one another key with \
+                     `#[id(key = \"..\")]`",
+                    f.key, input.ident
+                ),
+            ),
+            Some(_) => {}
+            None if name.is_empty() || !name.starts_with(|c: char| c.is_alphabetic()) => cx
+                .error_spanned_by(
+                    f.ident,
+                    format!(
+                        "tag key `{}` does not make a type name; give it a key that starts \
+                         with a letter with `#[id(key = \"..\")]`",
+                        f.key
+                    ),
+                ),
+            None => seen.push((name, f.key.clone())),
+        }
+    }
 }
 
 fn parse_variant<'a>(cx: &mut Ctxt, v: &'a syn::Variant) -> Option<Variant<'a>> {
@@ -330,8 +406,8 @@ fn parse_field<'a>(cx: &mut Ctxt, f: &'a syn::Field) -> Option<Field<'a>> {
              `#[serde(..)]`",
         );
     }
-    let is_id = attr::parse_id_attrs(cx, &f.attrs);
-    let id = if is_id {
+    let id_attr = attr::parse_id_attrs(cx, &f.attrs, ident);
+    let id = if id_attr.is_some() {
         attr::id_shape(cx, &f.ty, IdContext::Event)
     } else {
         None
@@ -341,6 +417,7 @@ fn parse_field<'a>(cx: &mut Ctxt, f: &'a syn::Field) -> Option<Field<'a>> {
         ident,
         ty: &f.ty,
         id,
+        key: id_attr.map(|a| a.key).unwrap_or_default(),
         docs: docs(&f.attrs),
         serde,
     })
@@ -442,7 +519,12 @@ fn generate(model: &EventEnum<'_>) -> TokenStream {
         stream_impls.push(gen_conversions(model, stream));
     }
 
+    let type_enum = gen_type_enum(model);
+    let tag_enum = gen_tag_enum(model);
+
     quote! {
+        #type_enum
+        #tag_enum
         #(#stream_defs)*
 
         #[doc(hidden)]
@@ -452,6 +534,129 @@ fn generate(model: &EventEnum<'_>) -> TokenStream {
             #parent_impl
             #(#stream_impls)*
         };
+    }
+}
+
+/// The enum of the parent's event types (`CartEventType::CartCreated`), so
+/// queries name types the compiler checks instead of strings.
+fn gen_type_enum(model: &EventEnum<'_>) -> TokenStream {
+    let vis = model.vis;
+    let ident = &model.types_ident;
+    let parent = model.ident;
+    let private = quote!(::dcb_core::__private);
+    let doc = format!(
+        " The event types of [`{parent}`], one per variant: use them where a query or a \
+         listener names event types (`Query::types([{ident}::..])`), so that a misspelt type \
+         is a compile error. Generated by `#[derive(Event)]`."
+    );
+    let vidents: Vec<&Ident> = model.variants.iter().map(|v| v.ident).collect();
+    let names: Vec<&String> = model.variants.iter().map(|v| &v.type_name).collect();
+    let docs = model
+        .variants
+        .iter()
+        .map(|v| format!(" [`{parent}::{}`], stored as `{}`.", v.ident, v.type_name));
+    quote! {
+        #[doc = #doc]
+        #[derive(
+            ::dcb_core::__private::std::clone::Clone,
+            ::dcb_core::__private::std::marker::Copy,
+            ::dcb_core::__private::std::fmt::Debug,
+            ::dcb_core::__private::std::cmp::PartialEq,
+            ::dcb_core::__private::std::cmp::Eq,
+            ::dcb_core::__private::std::hash::Hash
+        )]
+        // Generated for every event enum, used or not.
+        #[allow(dead_code, clippy::enum_variant_names)]
+        #vis enum #ident {
+            #(#[doc = #docs] #vidents),*
+        }
+
+        #[automatically_derived]
+        #[allow(dead_code)]
+        impl #ident {
+            /// Every event type, in declaration order.
+            pub const ALL: &'static [#ident] = &[#(#ident::#vidents),*];
+
+            /// The stored type name.
+            pub const fn as_str(self) -> &'static str {
+                match self { #(#ident::#vidents => #names),* }
+            }
+
+            /// The stored type name as an [`EventType`](::dcb_core::EventType).
+            pub const fn event_type(self) -> ::dcb_core::EventType {
+                ::dcb_core::EventType::from_static(self.as_str())
+            }
+        }
+
+        #[automatically_derived]
+        impl #private::std::convert::From<#ident> for ::dcb_core::EventType {
+            fn from(event_type: #ident) -> Self {
+                event_type.event_type()
+            }
+        }
+
+        #[automatically_derived]
+        impl #private::std::fmt::Display for #ident {
+            fn fmt(&self, f: &mut #private::std::fmt::Formatter<'_>) -> #private::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    }
+}
+
+/// The enum of the parent's tag keys (`CartEventTag::CartId`), so queries
+/// build tags the compiler checks: `CartEventTag::CartId.of(id)`.
+fn gen_tag_enum(model: &EventEnum<'_>) -> TokenStream {
+    let vis = model.vis;
+    let ident = &model.tags_ident;
+    let parent = model.ident;
+    let doc = format!(
+        " The tag keys of [`{parent}`] (from its `#[id]` fields): build query tags with \
+         `{ident}::Key.of(value)`, so that a misspelt key is a compile error. Generated by \
+         `#[derive(Event)]`."
+    );
+    let mut keys: Vec<&str> = Vec::new();
+    for f in model.variants.iter().flat_map(|v| &v.fields) {
+        if f.id.is_some() && !keys.contains(&f.key.as_str()) {
+            keys.push(&f.key);
+        }
+    }
+    let vidents: Vec<Ident> = keys
+        .iter()
+        .map(|k| Ident::new(&attr::key_variant(k), Span::call_site()))
+        .collect();
+    let docs = keys.iter().map(|k| format!(" The tag key `{k}`."));
+    quote! {
+        #[doc = #doc]
+        #[derive(
+            ::dcb_core::__private::std::clone::Clone,
+            ::dcb_core::__private::std::marker::Copy,
+            ::dcb_core::__private::std::fmt::Debug,
+            ::dcb_core::__private::std::cmp::PartialEq,
+            ::dcb_core::__private::std::cmp::Eq,
+            ::dcb_core::__private::std::hash::Hash
+        )]
+        #[allow(dead_code)]
+        #vis enum #ident {
+            #(#[doc = #docs] #vidents),*
+        }
+
+        #[automatically_derived]
+        #[allow(dead_code)]
+        impl #ident {
+            /// Every tag key, in the order the enum first uses them.
+            pub const ALL: &'static [#ident] = &[#(#ident::#vidents),*];
+
+            /// The key.
+            pub const fn key(self) -> &'static str {
+                match self { #(#ident::#vidents => #keys),* }
+            }
+
+            /// The tag `key:value`.
+            pub fn of(self, value: impl ::dcb_core::__private::std::fmt::Display) -> ::dcb_core::Tag {
+                ::dcb_core::Tag::new(self.key(), value)
+            }
+        }
     }
 }
 
@@ -541,11 +746,12 @@ fn gen_event_impl(model: &EventEnum<'_>, ident: &Ident, variants: &[usize]) -> T
         };
         let vident = v.ident;
         let type_name = &v.type_name;
-        let keys = v
-            .fields
-            .iter()
-            .filter(|f| f.id.is_some())
-            .map(|f| f.ident.unraw().to_string());
+        let mut keys: Vec<&str> = Vec::new();
+        for f in v.fields.iter().filter(|f| f.id.is_some()) {
+            if !keys.contains(&f.key.as_str()) {
+                keys.push(&f.key);
+            }
+        }
         schema.push(quote! {
             ::dcb_core::EventSchema { event_type: #type_name, tag_keys: &[#(#keys),*] }
         });
@@ -586,7 +792,7 @@ fn gen_event_impl(model: &EventEnum<'_>, ident: &Ident, variants: &[usize]) -> T
                 // points at the user's field.
                 let mut b = binding(*fi);
                 b.set_span(f.ty.span());
-                let key = f.ident.unraw().to_string();
+                let key = &f.key;
                 let span = f.ty.span();
                 match f.id {
                     Some(IdShape::Optional) => quote_spanned! {span=>

@@ -18,7 +18,8 @@ struct State<'a> {
     stream: Type,
     /// `NAME`.
     name: String,
-    ids: Vec<(&'a Ident, &'a Type)>,
+    /// The `#[id]` fields with their tag keys.
+    ids: Vec<(&'a Ident, &'a Type, String)>,
 }
 
 /// What `#[state_query(...)]` says.
@@ -98,10 +99,10 @@ fn parse<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<State<'a>> {
             for a in f.attrs.iter().filter(|a| attr::is(a, "state_query")) {
                 cx.error_spanned_by(a, "`#[state_query(..)]` goes on the struct, not on a field");
             }
-            if attr::parse_id_attrs(cx, &f.attrs)
-                && attr::id_shape(cx, &f.ty, IdContext::State).is_some()
-            {
-                ids.push((ident, &f.ty));
+            if let Some(id) = attr::parse_id_attrs(cx, &f.attrs, ident) {
+                if attr::id_shape(cx, &f.ty, IdContext::State).is_some() {
+                    ids.push((ident, &f.ty, id.key));
+                }
             }
         }
     }
@@ -197,10 +198,35 @@ fn generate(model: &State<'_>) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = model.input.generics.split_for_impl();
     let stream = &model.stream;
     let name = &model.name;
-    let tags = model.ids.iter().map(|(ident, ty)| {
-        let key = ident.unraw().to_string();
-        quote_spanned!(ty.span()=> ::dcb_core::Tag::new(#key, &self.#ident))
-    });
+    let tags = model.ids.iter().map(
+        |(ident, ty, key)| quote_spanned!(ty.span()=> ::dcb_core::Tag::new(#key, &self.#ident)),
+    );
+    // A state id whose key no event of the stream carries would filter
+    // nothing: the state would read every boundary's events. Refuse it at
+    // compile time (for non-generic states, whose stream is a concrete type).
+    let key_checks = if model.input.generics.params.is_empty() {
+        let checks = model.ids.iter().map(|(field, _, key)| {
+            let message = format!(
+                "`#[derive(StateQuery)]` on `{ident}`: no event type of the stream carries the \
+                 tag key `{key}` (field `{field}`), so this id would select nothing and the \
+                 state would read every boundary's events; use the key the events' `#[id]` \
+                 fields have (the field name, or `#[id(key = \"..\")]`)"
+            );
+            quote_spanned! {field.span()=>
+                const _: () = {
+                    if !::dcb_core::__private::carries_tag_key(
+                        <#stream as ::dcb_core::Event>::SCHEMA,
+                        #key,
+                    ) {
+                        ::core::panic!(#message);
+                    }
+                };
+            }
+        });
+        quote!(#(#checks)*)
+    } else {
+        TokenStream::new()
+    };
     quote! {
         #[automatically_derived]
         impl #impl_generics ::dcb_core::StateQuery for #ident #ty_generics #where_clause {
@@ -214,5 +240,7 @@ fn generate(model: &State<'_>) -> TokenStream {
                 ::dcb_core::state_query_for::<#stream>(&[#(#tags),*])
             }
         }
+
+        #key_checks
     }
 }

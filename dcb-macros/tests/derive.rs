@@ -619,3 +619,88 @@ fn deny_unknown_fields_on_a_variant() {
         Err(CodecError::Decode(_))
     ));
 }
+
+/// Two fields of one event tag the same key (`#[id(key = ..)]`), and the
+/// generated enums of types and keys name them for queries.
+#[derive(Event, Debug, Clone, PartialEq)]
+#[event(types = LedgerTypes)]
+enum LedgerEvent {
+    Transferred {
+        #[id(key = "account")]
+        from: String,
+        #[id(key = "account")]
+        to: String,
+        amount: u64,
+    },
+    #[event(rename = "AccountOpened")]
+    Opened {
+        #[id]
+        account: String,
+    },
+}
+
+#[test]
+fn custom_tag_keys_and_typed_names() {
+    let t = LedgerEvent::Transferred {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 5,
+    };
+    assert_eq!(
+        t.tags(),
+        vec![Tag::new("account", "a"), Tag::new("account", "b")]
+    );
+    assert_eq!(LedgerEvent::SCHEMA[0].tag_keys, &["account"]);
+    assert_eq!(LedgerTypes::Opened.as_str(), "AccountOpened");
+    assert_eq!(
+        LedgerTypes::ALL,
+        &[LedgerTypes::Transferred, LedgerTypes::Opened]
+    );
+    assert_eq!(LedgerEventTag::ALL, &[LedgerEventTag::Account]);
+    assert_eq!(LedgerEventTag::Account.of("a"), Tag::new("account", "a"));
+
+    let q = Query::from_items([QueryItem::new()
+        .types([LedgerTypes::Transferred, LedgerTypes::Opened])
+        .tags([LedgerEventTag::Account.of("b")])]);
+    assert!(q.matches("Transferred", &t.tags()));
+    assert!(!q.matches("Opened", &t.tags()));
+    assert_eq!(
+        Query::of::<LedgerEvent>(),
+        Query::types(["Transferred", "AccountOpened"])
+    );
+}
+
+/// A state over a custom key reads both sides of a transfer.
+#[derive(StateQuery)]
+#[state_query(LedgerEvent)]
+struct Balance {
+    #[id]
+    account: String,
+    balance: i64,
+}
+
+impl StateMutate for Balance {
+    fn mutate(&mut self, event: LedgerEvent) {
+        match event {
+            LedgerEvent::Transferred { from, amount, .. } if from == self.account => {
+                self.balance -= amount as i64
+            }
+            LedgerEvent::Transferred { amount, .. } => self.balance += amount as i64,
+            LedgerEvent::Opened { .. } => {}
+        }
+    }
+}
+
+#[test]
+fn a_state_over_a_custom_key_matches_either_field() {
+    let state = Balance {
+        account: "b".into(),
+        balance: 0,
+    };
+    let t = LedgerEvent::Transferred {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 5,
+    };
+    assert!(state.query().matches("Transferred", &t.tags()));
+}

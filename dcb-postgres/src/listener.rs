@@ -76,7 +76,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-pub use dcb_core::runner::{Backoff, ListenerState, DEFAULT_PARK_AFTER};
+pub use dcb_core::{Backoff, ListenerState, DEFAULT_PARK_AFTER};
 
 use handler::{Handler, Registered};
 use sql::Statements;

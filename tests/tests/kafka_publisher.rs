@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use dcb_core::Backoff;
 use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions, Tag};
 use dcb_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use dcb_kafka::rdkafka::mocking::MockCluster;
@@ -17,7 +18,7 @@ use dcb_kafka::{
     TransactionalPublisher,
 };
 use dcb_postgres::queue::{
-    Backoff, JobContext, JobError, JobFailure, JobId, JobState, NewJob, WorkQueue, Workers,
+    JobContext, JobError, JobFailure, JobId, JobState, NewJob, WorkQueue, Workers,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;

@@ -27,11 +27,7 @@ fn config() -> RunnerConfig {
     RunnerConfig::default()
         .batch_size(8)
         .poll_interval(Duration::from_millis(100))
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-            multiplier: 2.0,
-        })
+        .backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(200)).jitter(0.0))
 }
 
 #[derive(Default)]

@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use dcb_core::Backoff;
 use dcb_core::{
     EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions,
     SequencedEvent, Tag,
 };
 use dcb_postgres::queue::{
-    Backoff, JobContext, JobError, JobFailure, JobId, JobInfo, JobState, NewJob, Processor,
-    WorkQueue, Workers, WorkersHandle,
+    JobContext, JobError, JobFailure, JobId, JobInfo, JobState, NewJob, Processor, WorkQueue,
+    Workers, WorkersHandle,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
@@ -166,11 +167,10 @@ impl Env {
             .register(self.tasks.clone())
             .lease(Duration::from_secs(5))
             .poll_interval(Duration::from_millis(100))
-            .backoff(Backoff {
-                base: Duration::from_millis(50),
-                max: Duration::from_millis(200),
-                jitter: 0.5,
-            })
+            .backoff(Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(200),
+            ))
     }
 
     async fn start(&self) -> WorkersHandle {

@@ -13,8 +13,6 @@ enum OrderEvent {
         coupon: Option<Option<String>>,
         #[id]
         groups: Vec<Vec<String>>,
-        #[id(key = "x")]
-        customer: String,
     },
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dcb_core::{Position, SequencedEvent};
+use dcb_core::{Backoff, Position, SequencedEvent};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -351,46 +351,6 @@ pub struct QueueCounts {
     pub cancelled: u64,
 }
 
-/// Capped exponential backoff with jitter: the delay before retry `n` is
-/// `min(base * 2^(n-1), max)`, reduced by a random fraction up to `jitter`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Backoff {
-    /// The first delay.
-    pub base: Duration,
-    /// The longest delay.
-    pub max: Duration,
-    /// How much of the delay is random, 0.0 (none) to 1.0 (full jitter).
-    pub jitter: f64,
-}
-
-impl Default for Backoff {
-    /// 1 s, doubling, capped at 5 minutes, half jitter.
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-            jitter: 0.5,
-        }
-    }
-}
-
-impl Backoff {
-    /// A backoff from `base` doubling up to `max`, half jitter.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            jitter: 0.5,
-        }
-    }
-
-    /// The delay after failed attempt `attempt` (from 1).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(30));
-        let cap = exp.min(self.max);
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        cap.mul_f64(1.0 - jitter * fastrand::f64())
-    }
-}
+/// The work queue's default retry backoff: 1 s, doubling, capped at 5
+/// minutes, half jitter.
+pub const DEFAULT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));

@@ -72,14 +72,14 @@ mod worker;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dcb_core::{Position, StoreError};
+use dcb_core::{Backoff, Position, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row};
 use uuid::Uuid;
 
 pub use job::{
-    Backoff, ClaimedJob, JobId, JobInfo, JobState, NewJob, QueueCounts, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_QUEUE,
+    ClaimedJob, JobId, JobInfo, JobState, NewJob, QueueCounts, DEFAULT_BACKOFF,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
 pub use processor::{
     append_once, AppendOnce, JobContext, JobError, JobFailure, Processor, JOB_TAG_KEY,

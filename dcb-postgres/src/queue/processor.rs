@@ -17,7 +17,9 @@ use serde::Deserialize as _;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::job::{Backoff, ClaimedJob, JobId};
+use dcb_core::Backoff;
+
+use super::job::{ClaimedJob, JobId};
 
 /// The tag key of the tag [`JobContext::once_tag`] puts on hook events.
 pub const JOB_TAG_KEY: &str = "job";

@@ -22,7 +22,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::job::{Backoff, ClaimedJob, JobId, DEFAULT_QUEUE};
+use dcb_core::Backoff;
+
+use super::job::{ClaimedJob, JobId, DEFAULT_BACKOFF, DEFAULT_QUEUE};
 use super::processor::{Erased, ErasedProcessor, JobContext, JobError, JobFailure, Processor};
 use super::{FailOutcome, QueueError, WorkQueue};
 
@@ -73,7 +75,7 @@ impl std::fmt::Debug for Workers {
 impl Workers {
     /// Workers for `queue` whose processors append to `store`. Defaults: the
     /// `default` queue, 4 jobs at once, a 30 s lease with a heartbeat every
-    /// third of it, a 2 s polling fallback, [`Backoff::default`].
+    /// third of it, a 2 s polling fallback, [`DEFAULT_BACKOFF`].
     pub fn new<S: EventStore + 'static>(queue: WorkQueue, store: S) -> Self {
         Self::with_shared_store(queue, Arc::new(store))
     }
@@ -90,7 +92,7 @@ impl Workers {
             lease: Duration::from_secs(30),
             heartbeat: None,
             poll_interval: Duration::from_secs(2),
-            backoff: Backoff::default(),
+            backoff: DEFAULT_BACKOFF,
             worker_id: format!(
                 "{}-{}",
                 std::process::id(),

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dcb_core::Backoff;
 use dcb_core::{BoxError, DecisionMaker, EventStore, RetryPolicy};
 use dcb_kafka::{KafkaConfig, Publisher, TranslatorHandle, TranslatorRunner};
 use dcb_postgres::listener::{ListenerRunner, RunnerHandle};
-use dcb_postgres::queue::{Backoff, WorkQueue, Workers, WorkersHandle};
+use dcb_postgres::queue::{WorkQueue, Workers, WorkersHandle, DEFAULT_BACKOFF};
 use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -73,7 +74,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             publisher: None,
             publish_deadline: DEFAULT_PUBLISH_DEADLINE,
-            publish_backoff: Backoff::default(),
+            publish_backoff: DEFAULT_BACKOFF,
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             kafka: None,
             kafka_group: GROUP_ID.to_owned(),
@@ -130,8 +131,7 @@ pub fn publisher_config(kafka: &KafkaConfig, timeout: Duration) -> KafkaConfig {
 pub fn retry_policy() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 64,
-        base_delay: Duration::from_millis(2),
-        max_delay: Duration::from_millis(100),
+        backoff: Backoff::new(Duration::from_millis(2), Duration::from_millis(100)),
         retry_unavailable: false,
     }
 }

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use cart::app::{self, App, Config};
 use cart::slices::cart_items_db::CartItemsDbListener;
 use clap::{Parser, Subcommand};
+use dcb_core::Backoff;
 use dcb_core::BoxError;
 use dcb_kafka::KafkaConfig;
 use dcb_postgres::listener::ListenerRunner;
-use dcb_postgres::queue::Backoff;
 
 #[derive(Parser)]
 #[command(name = "cart", version, about = "The cart example of dcb")]

@@ -316,6 +316,7 @@ mod tests {
         let at = |event| Sequenced {
             position: Position(5),
             recorded_at: chrono::Utc::now(),
+            tags: Vec::new(),
             metadata: dcb_core::EventMetadata::new(),
             event,
         };
