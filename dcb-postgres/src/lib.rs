@@ -9,6 +9,7 @@ mod explain_tests;
 mod io_thread;
 pub mod listener;
 pub mod migrations;
+mod position;
 pub mod queue;
 mod reader;
 mod row;

@@ -643,7 +643,7 @@ impl RunnerHandle {
             (
                 state,
                 u32::try_from(attempts).unwrap_or(0),
-                failing.map(to_position),
+                failing.map(crate::position::from_db_or_zero),
                 error,
                 error_at,
             )
@@ -696,7 +696,7 @@ impl RunnerHandle {
             .map(
                 |(position, event_type, event_id, error, attempts, parked_at)| ParkedEvent {
                     listener_id: id.to_owned(),
-                    position: to_position(position),
+                    position: crate::position::from_db_or_zero(position),
                     event_type: EventType::from(event_type),
                     event_id,
                     error,
@@ -901,12 +901,4 @@ impl RunnerHandle {
         }
         tracing::info!(instance = %self.runner.config.instance_id, "listener runner stopped");
     }
-}
-
-pub(crate) fn to_position(value: i64) -> Position {
-    Position(u64::try_from(value).unwrap_or(0))
-}
-
-pub(crate) fn to_db(position: Position) -> i64 {
-    i64::try_from(position.0).unwrap_or(i64::MAX)
 }

@@ -197,7 +197,9 @@ async fn answer(pool: &PgPool, statement: &str, reads: Vec<ReadRequest>) {
             // The same event found by two items of the read comes twice in a
             // row: decoded once.
             let position = row.try_get::<Option<i64>, _>(2).ok().flatten();
-            if position.is_some() && position == events.last().map(|e| e.position.0 as i64) {
+            if position.is_some()
+                && position == events.last().map(|e| crate::position::to_db(e.position))
+            {
                 continue;
             }
             match crate::row::to_event(row, 2) {

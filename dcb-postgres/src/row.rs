@@ -1,7 +1,7 @@
 //! Converts between stored rows and [`SequencedEvent`]s.
 
 use chrono::{DateTime, Utc};
-use dcb_core::{EventMetadata, EventRecord, EventType, Position, SequencedEvent, StoreError, Tag};
+use dcb_core::{EventMetadata, EventRecord, EventType, SequencedEvent, StoreError, Tag};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -49,7 +49,7 @@ pub(crate) fn to_event(row: &PgRow, at: usize) -> Result<Option<SequencedEvent>,
         .map_err(|e| backend("decode an event row", format!("position {position}: {e}")))?;
     let metadata = metadata.0;
     Ok(Some(SequencedEvent {
-        position: Position(position as u64),
+        position: crate::position::from_db_or_zero(position),
         recorded_at,
         record: EventRecord {
             event_type: EventType::new(event_type),

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::error::store_error;
 use crate::io_thread::IoThread;
 use crate::migrations;
+use crate::position::{from_db, opt_to_db, to_db};
 use crate::reader::{self, ReadRequest, ReaderConfig};
 use crate::sql;
 use crate::writer::{self, Message, Request, WriterConfig};
@@ -276,7 +277,7 @@ impl PgEventStore {
         page: usize,
     ) -> Result<(i64, Vec<dcb_core::SequencedEvent>), StoreError> {
         let Some(first_sql) = sql::read_page(&self.inner.schema, query, forwards, true) else {
-            return Ok((raw_head(self.read_head().await?), Vec::new()));
+            return Ok((opt_to_db(self.read_head().await?), Vec::new()));
         };
         let mut binds = first_sql.binds.clone();
         binds[0] = sql::Bind::I64(min);
@@ -314,20 +315,8 @@ impl PgEventStore {
                 .fetch_one(&self.inner.pool)
                 .await
                 .map_err(|e| store_error("read the head", e))?;
-        Ok(to_position(head))
+        Ok(from_db(head))
     }
-}
-
-pub(crate) fn to_position(raw: i64) -> Option<Position> {
-    (raw > 0).then_some(Position(raw as u64))
-}
-
-fn raw_head(head: Option<Position>) -> i64 {
-    head.map_or(0, to_raw)
-}
-
-fn to_raw(position: Position) -> i64 {
-    i64::try_from(position.0).unwrap_or(i64::MAX)
 }
 
 /// Where the next page of a read starts.
@@ -361,9 +350,9 @@ impl EventStore for PgEventStore {
             // later pages, bounded by the same head, complete the read.
             let page = limit.min(READ_PAGE_SIZE);
             let (min, max) = if forwards {
-                (options.start.map_or(1, to_raw).max(1), i64::MAX)
+                (options.start.map_or(1, to_db).max(1), i64::MAX)
             } else {
-                (1, options.start.map_or(i64::MAX, to_raw))
+                (1, options.start.map_or(i64::MAX, to_db))
             };
             // A decision's read (tagged, forwards) waits for the reader's
             // next statement, shared with the reads of its neighbours.
@@ -387,7 +376,7 @@ impl EventStore for PgEventStore {
                 }
                 None => self.first_page(query, forwards, min, max, page).await?,
             };
-            let head = to_position(head_raw);
+            let head = from_db(head_raw);
             let mut cursor = Cursor {
                 min,
                 max: max.min(head_raw),
@@ -396,9 +385,9 @@ impl EventStore for PgEventStore {
             };
             if let Some(last) = first.last() {
                 if forwards {
-                    cursor.min = to_raw(last.position) + 1;
+                    cursor.min = to_db(last.position) + 1;
                 } else {
-                    cursor.max = to_raw(last.position) - 1;
+                    cursor.max = to_db(last.position) - 1;
                 }
             }
             // Most reads (a decision's state) fit in the first page: the
@@ -441,8 +430,8 @@ impl EventStore for PgEventStore {
                     cursor.remaining -= events.len();
                     cursor.done = events.len() < page;
                     match events.last() {
-                        Some(last) if forwards => cursor.min = to_raw(last.position) + 1,
-                        Some(last) => cursor.max = to_raw(last.position) - 1,
+                        Some(last) if forwards => cursor.min = to_db(last.position) + 1,
+                        Some(last) => cursor.max = to_db(last.position) - 1,
                         None => cursor.done = true,
                     }
                     Ok(Some((events, cursor)))

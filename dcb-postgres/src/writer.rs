@@ -17,13 +17,14 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use dcb_core::{AppendCondition, AppendResult, EventRecord, Position, StoreError};
+use dcb_core::{AppendCondition, AppendResult, EventRecord, StoreError};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Row};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::error::store_error_ref;
+use crate::position::{from_db_or_zero, opt_to_db};
 use crate::row::metadata_json;
 use crate::sql;
 
@@ -211,10 +212,6 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-fn raw(position: Option<Position>) -> i64 {
-    position.map_or(0, |p| i64::try_from(p.0).unwrap_or(i64::MAX))
-}
-
 /// A batch's arguments of `append_batch_v2`, as arrays (see migration step 4
 /// for their meaning). Requests, events and items are numbered from 1.
 #[derive(Default)]
@@ -271,7 +268,7 @@ impl Batch {
         let mut events: Vec<(usize, &EventRecord)> = Vec::new();
         for (index, (request_events, condition)) in requests.iter().enumerate() {
             let first = events.len();
-            let after = raw(condition.and_then(|c| c.after));
+            let after = opt_to_db(condition.and_then(|c| c.after));
             batch.r_after.push(after);
             if let Some(condition) = condition {
                 let mut seen = Vec::new();
@@ -448,8 +445,8 @@ async fn try_batch(
                 let first: i64 = row.try_get(1)?;
                 let last: i64 = row.try_get(2)?;
                 Ok(AppendResult {
-                    first: Position(first as u64),
-                    last: Position(last as u64),
+                    first: from_db_or_zero(first),
+                    last: from_db_or_zero(last),
                 })
             }
             1 => Err(StoreError::ConditionFailed {

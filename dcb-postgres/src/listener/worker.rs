@@ -12,7 +12,8 @@ use sqlx::postgres::PgListener;
 use tracing::Instrument;
 
 use super::handler::Handler;
-use super::{to_db, ListenerShared, ListenerState, RunnerShared};
+use super::{ListenerShared, ListenerState, RunnerShared};
+use crate::position::to_db;
 
 /// Why a leader stopped leading.
 enum LeadEnd {

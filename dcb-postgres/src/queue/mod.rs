@@ -458,7 +458,7 @@ impl WorkQueue {
             .bind(job.retry_for.map(secs))
             .bind(&job.dedupe_key)
             .bind(job.triggered_by_event)
-            .bind(job.triggered_by_position.map(|p| p.0 as i64))
+            .bind(job.triggered_by_position.map(crate::position::to_db))
             .bind(&self.channel)
             .fetch_optional(executor)
             .await?;
@@ -506,7 +506,7 @@ impl WorkQueue {
         let trig: Vec<Option<Uuid>> = jobs.iter().map(|j| j.triggered_by_event).collect();
         let trig_pos: Vec<Option<i64>> = jobs
             .iter()
-            .map(|j| j.triggered_by_position.map(|p| p.0 as i64))
+            .map(|j| j.triggered_by_position.map(crate::position::to_db))
             .collect();
         let rows = sqlx::query(&self.sql.enqueue_many)
             .bind(ids)
