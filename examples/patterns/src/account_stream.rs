@@ -30,8 +30,8 @@
 //! stream's facts becomes a new process manager.
 
 use dcb_core::{
-    AppendCondition, Decision, Event, EventRecord, EventStore, Query, ReadOptions, StateMutate,
-    StateQuery, StoreError, Tag,
+    AppendCondition, Decision, Event, EventMetadata, EventRecord, EventStore, EventType, Query,
+    ReadOptions, StateMutate, StateQuery, StoreError, Tag,
 };
 
 /// Every event of an account stream.
@@ -357,13 +357,42 @@ impl<S: EventStore> LegacyAccounts<S> {
     }
 }
 
+/// An account's stream as the first two generations of the legacy service
+/// wrote it, byte for byte: opened (v1), 10 euros as `MoneyDeposited` (v2),
+/// 250 cents as `Deposited { amount }` (v3). 1,250 cents in all.
+///
+/// The type names are strings on purpose: this is stored data from before
+/// the current enum existed.
+pub fn legacy_history(account: &str) -> Vec<EventRecord> {
+    let raw = |event_type: &'static str, payload: String| EventRecord {
+        event_type: EventType::from_static(event_type),
+        tags: vec![Tag::new("account", account)],
+        payload: payload.into_bytes(),
+        metadata: EventMetadata::new(),
+    };
+    vec![
+        raw(
+            "AccountOpened",
+            format!(r#"{{"account":"{account}","version":1,"owner":"ann"}}"#),
+        ),
+        raw(
+            "MoneyDeposited",
+            format!(r#"{{"account":"{account}","version":2,"euros":10}}"#),
+        ),
+        raw(
+            "Deposited",
+            format!(r#"{{"account":"{account}","version":3,"amount":250}}"#),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
     use dcb_core::testing::{Scenario, TestHarness};
-    use dcb_core::{EventMetadata, EventType, InMemoryEventStore};
+    use dcb_core::InMemoryEventStore;
 
     fn opened(account: &str) -> LedgerEvent {
         LedgerEvent::AccountOpened {
@@ -390,33 +419,9 @@ mod tests {
         }
     }
 
-    /// Records as the legacy service wrote them, before this code existed.
-    fn legacy_records(account: &str) -> Vec<EventRecord> {
-        let raw = |event_type: &'static str, payload: String| EventRecord {
-            event_type: EventType::from_static(event_type),
-            tags: vec![Tag::new("account", account)],
-            payload: payload.into_bytes(),
-            metadata: EventMetadata::new(),
-        };
-        vec![
-            raw(
-                "AccountOpened",
-                format!(r#"{{"account":"{account}","version":1,"owner":"ann"}}"#),
-            ),
-            raw(
-                "MoneyDeposited",
-                format!(r#"{{"account":"{account}","version":2,"euros":10}}"#),
-            ),
-            raw(
-                "Deposited",
-                format!(r#"{{"account":"{account}","version":3,"amount":250}}"#),
-            ),
-        ]
-    }
-
     #[test]
     fn old_payloads_upcast_to_the_current_events() {
-        let records = legacy_records("a1");
+        let records = legacy_history("a1");
         let decoded: Vec<LedgerEvent> = records
             .iter()
             .map(|r| r.decode().expect("an old payload decodes"))
@@ -438,7 +443,7 @@ mod tests {
     async fn a_decision_folds_the_old_events_and_continues_the_stream() {
         let store = Arc::new(InMemoryEventStore::new());
         store
-            .append(legacy_records("a1"), None)
+            .append(legacy_history("a1"), None)
             .await
             .expect("seeded");
         Scenario::with_store(store)
@@ -454,7 +459,7 @@ mod tests {
     async fn legacy_saves_and_decisions_share_one_version_sequence() {
         let store = Arc::new(InMemoryEventStore::new());
         store
-            .append(legacy_records("a1"), None)
+            .append(legacy_history("a1"), None)
             .await
             .expect("seeded");
         let legacy = LegacyAccounts::new(store.clone());

@@ -23,3 +23,8 @@ pub mod invoice_numbers;
 pub mod opt_in_token;
 pub mod seen_price;
 pub mod unique_username;
+
+/// Runs the README's example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

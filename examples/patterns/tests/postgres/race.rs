@@ -65,6 +65,20 @@ pub struct Counts {
     pub conflicts: usize,
 }
 
+impl std::ops::Add for Counts {
+    type Output = Counts;
+
+    fn add(self, other: Counts) -> Counts {
+        Counts {
+            callers: self.callers + other.callers,
+            attempts: self.attempts + other.attempts,
+            events_read: self.events_read + other.events_read,
+            appends: self.appends + other.appends,
+            conflicts: self.conflicts + other.conflicts,
+        }
+    }
+}
+
 /// The outcomes of a race, in caller order, and its counts.
 #[derive(Debug)]
 pub struct Raced<T> {
