@@ -119,7 +119,7 @@ pub enum LedgerError {
     #[error("insufficient funds: {balance_cents} cents")]
     InsufficientFunds {
         /// The balance.
-        balance_cents: u64,
+        balance_cents: i128,
     },
     /// A transfer needs two accounts.
     #[error("cannot transfer to the same account")]
@@ -134,7 +134,9 @@ pub struct Account {
     account: String,
     opened: bool,
     version: u64,
-    balance_cents: u64,
+    /// Signed: the fold reports what the stream says, even a stream the
+    /// legacy code overdrew.
+    balance_cents: i128,
 }
 
 impl Account {
@@ -154,7 +156,7 @@ impl Account {
     }
 
     /// The balance.
-    pub fn balance_cents(&self) -> u64 {
+    pub fn balance_cents(&self) -> i128 {
         self.balance_cents
     }
 
@@ -168,7 +170,7 @@ impl Account {
 
     fn withdrawn(&self, cents: u64) -> Result<LedgerEvent, LedgerError> {
         self.exists()?;
-        if self.balance_cents < cents {
+        if self.balance_cents < i128::from(cents) {
             return Err(LedgerError::InsufficientFunds {
                 balance_cents: self.balance_cents,
             });
@@ -194,11 +196,11 @@ impl Account {
 impl StateMutate for Account {
     fn mutate(&mut self, event: AccountStream) {
         let event = LedgerEvent::from(event);
-        self.opened = true;
+        if let LedgerEvent::AccountOpened { .. } = event {
+            self.opened = true;
+        }
         self.version = event.version();
-        self.balance_cents = (i128::from(self.balance_cents) + event.balance_change())
-            .try_into()
-            .unwrap_or(0);
+        self.balance_cents += event.balance_change();
     }
 }
 
@@ -505,6 +507,17 @@ mod tests {
                 cents: 501,
             })
             .then_err(LedgerError::InsufficientFunds { balance_cents: 500 });
+    }
+
+    #[test]
+    fn a_transfer_needs_two_accounts() {
+        TestHarness::given([opened("a1"), deposited("a1", 2, 500, "")])
+            .when(Transfer {
+                from: "a1".into(),
+                to: "a1".into(),
+                cents: 1,
+            })
+            .then_err(LedgerError::SameAccount);
     }
 
     #[test]
