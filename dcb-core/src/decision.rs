@@ -75,6 +75,26 @@ pub struct RetryPolicy {
     pub retry_unavailable: bool,
 }
 
+impl RetryPolicy {
+    /// Sets [`RetryPolicy::max_attempts`] (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets [`RetryPolicy::backoff`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`RetryPolicy::retry_unavailable`].
+    pub fn retry_unavailable(mut self, retry: bool) -> Self {
+        self.retry_unavailable = retry;
+        self
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -111,11 +131,59 @@ pub struct MakeOptions {
 }
 
 impl MakeOptions {
-    /// Options with an idempotency key.
-    pub fn idempotency_key(key: impl Into<String>) -> Self {
+    /// No key, no metadata.
+    pub fn new() -> Self {
+        MakeOptions::default()
+    }
+
+    /// Sets the idempotency key: a retried command with the same key
+    /// appends nothing and returns the events of the first call.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the correlation id stored on every appended event.
+    pub fn correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id stored on every appended event.
+    pub fn causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Sets the application's own metadata stored on every appended event.
+    pub fn user_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.user_metadata = Some(metadata);
+        self
+    }
+
+    /// Options for a decision caused by `event` (an automation's): the
+    /// causation id is the event's id, the correlation id the event's own
+    /// correlation id, or its id when it has none.
+    ///
+    /// ```
+    /// # use dcb_core::{EventMetadata, MakeOptions, Position, Sequenced};
+    /// let event = Sequenced {
+    ///     position: Position(7),
+    ///     recorded_at: chrono::Utc::now(),
+    ///     tags: vec![],
+    ///     metadata: EventMetadata::new(),
+    ///     event: (),
+    /// };
+    /// let options = MakeOptions::caused_by(&event);
+    /// assert_eq!(options.causation_id, Some(event.metadata.event_id));
+    /// assert_eq!(options.correlation_id, Some(event.metadata.event_id));
+    /// ```
+    pub fn caused_by<E>(event: &Sequenced<E>) -> Self {
+        let metadata = &event.metadata;
         MakeOptions {
-            idempotency_key: Some(key.into()),
-            ..Default::default()
+            correlation_id: Some(metadata.correlation_id.unwrap_or(metadata.event_id)),
+            causation_id: Some(metadata.event_id),
+            ..MakeOptions::default()
         }
     }
 }

@@ -123,6 +123,21 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
+    /// A record with fresh metadata (a new event id), e.g. to seed a log
+    /// with what another system wrote.
+    pub fn new(
+        event_type: impl Into<EventType>,
+        tags: impl IntoIterator<Item = Tag>,
+        payload: impl Into<Vec<u8>>,
+    ) -> Self {
+        EventRecord {
+            event_type: event_type.into(),
+            tags: tags.into_iter().collect(),
+            payload: payload.into(),
+            metadata: EventMetadata::new(),
+        }
+    }
+
     /// Decodes the payload as `E`.
     ///
     /// # Errors

@@ -33,7 +33,8 @@ pub use snapshot::{
 };
 pub use state::{state_query_for, DecisionState, SequencedMutate, StateMutate, StateQuery};
 pub use store::{
-    AppendResult, BoxError, Direction, EventStore, ReadOptions, ReadResult, StoreError,
+    AppendResult, BoxError, Direction, EventStore, EventStoreExt, ReadOptions, ReadResult,
+    StoreError,
 };
 pub use tag::{EventType, InvalidTag, Position, Tag};
 

@@ -58,14 +58,34 @@ impl QueryItem {
 /// [`Query::all`] matches every event; [`Query::none`] (no items) matches none,
 /// which is what a stateless decision reads.
 ///
+/// Name types and tags through the enums `#[derive(Event)]` generates, so
+/// that a misspelt one is a compile error rather than a query that silently
+/// matches nothing:
+///
 /// ```
-/// use dcb_core::{Query, QueryItem, Tag};
+/// use dcb_core::{Event, Query, QueryItem, Tag};
+///
+/// #[derive(Event, Debug)]
+/// enum BankEvent {
+///     #[event(rename = "AccountOpened")]
+///     Opened { #[id] account: String },
+///     Deposited { #[id] account: String, amount: u64 },
+///     Withdrawn { #[id] account: String, #[id] by: String, amount: u64 },
+/// }
+///
 /// let q = Query::from_items([
-///     QueryItem::new().types(["Deposited", "Withdrawn"]).tags([Tag::new("account", "a1")]),
-///     QueryItem::new().types(["AccountOpened"]),
+///     QueryItem::new()
+///         .types([BankEventType::Deposited, BankEventType::Withdrawn])
+///         .tags([BankEventTag::Account.of("a1")]),
+///     QueryItem::new().types([BankEventType::Opened]),
 /// ]);
-/// assert!(q.matches("Withdrawn", &[Tag::new("account", "a1"), Tag::new("by", "bob")]));
-/// assert!(!q.matches("Withdrawn", &[Tag::new("account", "a2")]));
+/// let withdrawn = |account: &str| BankEvent::Withdrawn {
+///     account: account.into(),
+///     by: "bob".into(),
+///     amount: 5,
+/// };
+/// assert!(q.matches_event(&withdrawn("a1")));
+/// assert!(!q.matches_event(&withdrawn("a2")));
 /// assert!(q.matches("AccountOpened", &[]));
 /// assert!(Query::all().matches("Anything", &[]));
 /// assert!(!Query::none().matches("Anything", &[]));
@@ -151,6 +171,54 @@ impl Query {
     /// Whether an event of `event_type` with `tags` matches.
     pub fn matches(&self, event_type: &str, tags: &[Tag]) -> bool {
         self.items.iter().any(|i| i.matches(event_type, tags))
+    }
+
+    /// Whether `event` matches (by its type and tags; nothing is encoded).
+    pub fn matches_event<E: Event>(&self, event: &E) -> bool {
+        self.matches(event.event_type().as_str(), &event.tags())
+    }
+
+    /// This query without `types`: they are taken out of every item that
+    /// lists types, and an item left with none is dropped (an item of any
+    /// type stays as it is). Handy for a decision's narrower
+    /// [`validation_query`](crate::Decision::validation_query): the state's
+    /// query minus the events that cannot invalidate the decision.
+    ///
+    /// ```
+    /// use dcb_core::{Event, Query, QueryItem};
+    ///
+    /// #[derive(Event, Debug)]
+    /// enum BankEvent {
+    ///     Deposited { #[id] account: String, amount: u64 },
+    ///     Withdrawn { #[id] account: String, amount: u64 },
+    /// }
+    ///
+    /// let state = Query::from_items([QueryItem::of::<BankEvent>()
+    ///     .tags([BankEventTag::Account.of("a1")])]);
+    /// let check = state.without_types([BankEventType::Deposited]);
+    /// let deposit = BankEvent::Deposited { account: "a1".into(), amount: 1 };
+    /// let withdrawal = BankEvent::Withdrawn { account: "a1".into(), amount: 1 };
+    /// assert!(check.matches_event(&withdrawal));
+    /// assert!(!check.matches_event(&deposit));
+    /// ```
+    pub fn without_types<I, T>(self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<EventType>,
+    {
+        let removed: Vec<EventType> = types.into_iter().map(Into::into).collect();
+        let items = self
+            .items
+            .into_iter()
+            .filter_map(|mut item| {
+                if item.types.is_empty() {
+                    return Some(item);
+                }
+                item.types.retain(|t| !removed.contains(t));
+                (!item.types.is_empty()).then_some(item)
+            })
+            .collect();
+        Query { items }
     }
 }
 

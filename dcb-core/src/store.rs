@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
-use crate::event::{EventRecord, SequencedEvent};
+use crate::event::{Event, EventRecord, Sequenced, SequencedEvent};
 use crate::query::{AppendCondition, Query};
 use crate::tag::{EventType, Position};
 
@@ -305,6 +305,30 @@ pub trait EventStore: Send + Sync {
         Ok(result.head)
     }
 }
+
+/// Conveniences every [`EventStore`] has.
+#[async_trait]
+pub trait EventStoreExt: EventStore {
+    /// Reads the events that match `query` and decodes them as `E`.
+    ///
+    /// # Errors
+    /// Those of [`EventStore::read`], and [`StoreError::Decode`] for an
+    /// event that does not decode as `E`.
+    async fn read_decoded<E: Event>(
+        &self,
+        query: &Query,
+        options: ReadOptions,
+    ) -> Result<(Option<Position>, Vec<Sequenced<E>>), StoreError> {
+        let (head, events) = self.read(query, options).await?.collect().await?;
+        let decoded = events
+            .iter()
+            .map(|e| e.decode::<E>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((head, decoded))
+    }
+}
+
+impl<S: EventStore + ?Sized> EventStoreExt for S {}
 
 #[async_trait]
 impl<S: EventStore + ?Sized> EventStore for Arc<S> {

@@ -608,9 +608,9 @@ type Outcome<D> = Result<Decided<<D as Decision>::Event>, DecisionError<<D as De
 ///
 /// // the same idempotency key twice: the second call appends nothing
 /// Scenario::new()
-///     .when_with(SwitchOn { room: "attic".into() }, MakeOptions::idempotency_key("req-1")).await
+///     .when_with(SwitchOn { room: "attic".into() }, MakeOptions::new().idempotency_key("req-1")).await
 ///     .then([on("attic")])
-///     .when_with(SwitchOn { room: "attic".into() }, MakeOptions::idempotency_key("req-1")).await
+///     .when_with(SwitchOn { room: "attic".into() }, MakeOptions::new().idempotency_key("req-1")).await
 ///     .then_replayed([on("attic")]);
 /// # });
 /// ```

@@ -499,7 +499,7 @@ async fn idempotency_keys_still_work_with_snapshots_on() {
         amount,
     };
     maker.make(deposit(100)).await.unwrap();
-    let request = MakeOptions::idempotency_key("withdraw-1");
+    let request = MakeOptions::new().idempotency_key("withdraw-1");
     let withdraw = Withdraw {
         account: "a1".into(),
         amount: 30,
@@ -529,7 +529,7 @@ async fn idempotency_keys_still_work_with_snapshots_on() {
     assert_eq!(balance_of(&maker, "a1").await, (75, 7));
     // A new key still decides against the snapshotted state.
     let other = maker
-        .make_with(&withdraw, MakeOptions::idempotency_key("withdraw-2"))
+        .make_with(&withdraw, MakeOptions::new().idempotency_key("withdraw-2"))
         .await
         .unwrap();
     assert!(!other.replayed);

@@ -175,7 +175,7 @@ impl<T: Translator> DynTranslator for Erased<T> {
             Ok(decision) => decision,
             Err(reason) => return Outcome::Dead(DeadKind::Undecodable, reason),
         };
-        let options = MakeOptions::idempotency_key(self.0.idempotency_key(message));
+        let options = MakeOptions::new().idempotency_key(self.0.idempotency_key(message));
         match maker.make_with(&decision, options).await {
             Ok(decided) => Outcome::Decided {
                 appended: if decided.replayed {

@@ -31,6 +31,8 @@ struct Variant<'a> {
     ident: &'a Ident,
     /// The stored type name.
     type_name: String,
+    /// Older names this variant reads as well.
+    aliases: Vec<Alias>,
     docs: Vec<&'a Attribute>,
     /// `A` rather than `A { .. }`.
     unit: bool,
@@ -38,6 +40,16 @@ struct Variant<'a> {
     /// `deny_unknown_fields`).
     container_serde: Vec<Meta>,
     fields: Vec<Field<'a>>,
+}
+
+/// An older stored name of a variant: `#[event(alias = "Old")]`, or
+/// `#[event(upcast(from = "Old", with = path))]` when the old payload must be
+/// rewritten first.
+struct Alias {
+    name: LitStr,
+    /// `fn(&[u8]) -> Result<Vec<u8>, CodecError>`: the old payload to the
+    /// current one.
+    upcast: Option<syn::Path>,
 }
 
 /// One named field of a variant.
@@ -148,6 +160,42 @@ fn parse<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
     let mut variants: Vec<Variant<'a>> = Vec::new();
     for v in &data.variants {
         if let Some(variant) = parse_variant(cx, v) {
+            for alias in &variant.aliases {
+                let name = alias.name.value();
+                let taken = name == variant.type_name
+                    || variants.iter().any(|p| {
+                        p.type_name == name || p.aliases.iter().any(|a| a.name.value() == name)
+                    })
+                    || variant
+                        .aliases
+                        .iter()
+                        .filter(|a| a.name.value() == name)
+                        .count()
+                        > 1;
+                if taken {
+                    cx.error_spanned_by(
+                        &alias.name,
+                        format!(
+                            "the event type name \"{name}\" is taken: each stored name, alias or \
+                             not, belongs to one variant once"
+                        ),
+                    );
+                }
+            }
+            if let Some(prev) = variants.iter().find(|p| {
+                p.aliases
+                    .iter()
+                    .any(|a| a.name.value() == variant.type_name)
+            }) {
+                cx.error_spanned_by(
+                    v.ident.to_token_stream(),
+                    format!(
+                        "the event type name \"{}\" is an alias of variant `{}`; give one of \
+                         them another name",
+                        variant.type_name, prev.ident
+                    ),
+                );
+            }
             if let Some(prev) = variants.iter().find(|p| p.type_name == variant.type_name) {
                 let span_of = rename_span(v).unwrap_or_else(|| v.ident.to_token_stream());
                 cx.error_spanned_by(
@@ -297,6 +345,16 @@ fn check_tag_variants(cx: &mut Ctxt, input: &DeriveInput, variants: &[Variant<'_
     }
 }
 
+const VARIANT_KEYS: &str = "the valid keys are: `rename` (the stored type name, e.g. \
+                            `#[event(rename = \"CartCreated\")]`), `alias` (an older name this \
+                            variant also reads, e.g. `#[event(alias = \"Created\")]`) and `upcast` \
+                            (an older name whose payload a function rewrites first, e.g. \
+                            `#[event(upcast(from = \"MoneyDeposited\", with = deposit_v1))]`)";
+
+const UPCAST_FORM: &str = "expected `upcast(from = \"OldName\", with = path::to::function)`, \
+                           the function taking the old payload (`&[u8]`) and returning the \
+                           current one (`Result<Vec<u8>, dcb_core::CodecError>`)";
+
 fn parse_variant<'a>(cx: &mut Ctxt, v: &'a syn::Variant) -> Option<Variant<'a>> {
     attr::reject_misplaced_id(cx, &v.attrs, "a variant");
     for a in v.attrs.iter().filter(|a| attr::is(a, "stream")) {
@@ -307,9 +365,44 @@ fn parse_variant<'a>(cx: &mut Ctxt, v: &'a syn::Variant) -> Option<Variant<'a>> 
     }
 
     let mut rename: Option<LitStr> = None;
+    let mut aliases: Vec<Alias> = Vec::new();
     for a in v.attrs.iter().filter(|a| attr::is(a, "event")) {
         let res = a.parse_nested_meta(|meta| {
-            if meta.path.is_ident("rename") {
+            if meta.path.is_ident("alias") {
+                let s = attr::lit_str(&meta)?;
+                if s.value().is_empty() {
+                    return Err(syn::Error::new_spanned(&s, "an event type name cannot be empty"));
+                }
+                aliases.push(Alias {
+                    name: s,
+                    upcast: None,
+                });
+                Ok(())
+            } else if meta.path.is_ident("upcast") {
+                let mut from: Option<LitStr> = None;
+                let mut with: Option<syn::Path> = None;
+                meta.parse_nested_meta(|inner| {
+                    if inner.path.is_ident("from") {
+                        from = Some(attr::lit_str(&inner)?);
+                        Ok(())
+                    } else if inner.path.is_ident("with") {
+                        with = Some(inner.value()?.parse()?);
+                        Ok(())
+                    } else {
+                        Err(inner.error(UPCAST_FORM))
+                    }
+                })?;
+                match (from, with) {
+                    (Some(name), Some(path)) if !name.value().is_empty() => {
+                        aliases.push(Alias {
+                            name,
+                            upcast: Some(path),
+                        });
+                        Ok(())
+                    }
+                    _ => Err(meta.error(UPCAST_FORM)),
+                }
+            } else if meta.path.is_ident("rename") {
                 let s = attr::lit_str(&meta)?;
                 if s.value().is_empty() {
                     return Err(syn::Error::new_spanned(
@@ -323,14 +416,12 @@ fn parse_variant<'a>(cx: &mut Ctxt, v: &'a syn::Variant) -> Option<Variant<'a>> 
                 rename = Some(s);
                 Ok(())
             } else if meta.path.is_ident("codec") {
-                Err(meta.error(
-                    "`codec` goes on the enum (all variants share one codec); on a variant the \
-                     valid key is: `rename`",
-                ))
+                Err(meta.error(format!(
+                    "`codec` goes on the enum (all variants share one codec); on a variant {VARIANT_KEYS}"
+                )))
             } else {
                 Err(meta.error(format!(
-                    "unknown key `{}` in `#[event(...)]` on a variant; the valid key is: \
-                     `rename` (e.g. `#[event(rename = \"CartCreated\")]`)",
+                    "unknown key `{}` in `#[event(...)]` on a variant; {VARIANT_KEYS}",
                     meta.path.to_token_stream()
                 )))
             }
@@ -370,6 +461,7 @@ fn parse_variant<'a>(cx: &mut Ctxt, v: &'a syn::Variant) -> Option<Variant<'a>> 
         type_name: rename
             .map(|s| s.value())
             .unwrap_or_else(|| v.ident.unraw().to_string()),
+        aliases,
         docs: docs(&v.attrs),
         unit,
         container_serde,
@@ -755,6 +847,23 @@ fn gen_event_impl(model: &EventEnum<'_>, ident: &Ident, variants: &[usize]) -> T
         schema.push(quote! {
             ::dcb_core::EventSchema { event_type: #type_name, tag_keys: &[#(#keys),*] }
         });
+        for alias in &v.aliases {
+            let name = &alias.name;
+            schema.push(quote! {
+                ::dcb_core::EventSchema { event_type: #name, tag_keys: &[#(#keys),*] }
+            });
+            decode_arms.push(match &alias.upcast {
+                None => quote! {
+                    #name => <Self as ::dcb_core::Event>::decode(#type_name, payload),
+                },
+                Some(path) => quote_spanned! {path.span()=>
+                    #name => {
+                        let __upcast: #private::std::vec::Vec<u8> = #path(payload)?;
+                        <Self as ::dcb_core::Event>::decode(#type_name, &__upcast)
+                    }
+                },
+            });
+        }
 
         let idents: Vec<&Ident> = v.fields.iter().map(|f| f.ident).collect();
         let bindings: Vec<Ident> = (0..v.fields.len()).map(binding).collect();

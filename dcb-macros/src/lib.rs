@@ -80,10 +80,29 @@
 //! | where | attribute | meaning |
 //! |---|---|---|
 //! | enum | `#[event(codec = path::To::Codec)]` | the [`Codec`](https://docs.rs/dcb-core) type for payloads (default `dcb_core::JsonCodec`) |
+//! | enum | `#[event(types = Name, tags = Name)]` | names of the generated enums of event types and tag keys (default `{Enum}Type`, `{Enum}Tag`) |
 //! | enum | `#[stream(Name, [VariantA, VariantB])]` (repeatable) | generates `enum Name` with those variants (see below) |
 //! | variant | `#[event(rename = "Name")]` | the stored type name (default: the variant's name); names must be unique |
+//! | variant | `#[event(alias = "Old")]` (repeatable) | an older stored name this variant also reads (same payload shape, or one `#[serde]` field attributes absorb) |
+//! | variant | `#[event(upcast(from = "Old", with = path))]` (repeatable) | an older stored name whose payload `path: fn(&[u8]) -> Result<Vec<u8>, CodecError>` rewrites into the current shape first |
 //! | field | `#[id]` | the field becomes tags `field_name:value` (value via `Display`) |
+//! | field | `#[id(key = "account")]` | the field becomes tags `account:value`: another key than its name (e.g. `from` and `to` both tag `account`); a key is a lower-case identifier |
 //! | field | `#[serde(...)]` | serde field attributes, applied to the payload |
+//!
+//! Next to the enum, with its visibility, the derive generates two enums for
+//! writing queries the compiler checks (a misspelt name is a compile error,
+//! not a query that silently matches nothing):
+//!
+//! - `{Enum}Type`, one variant per event type (`CartEventType::ItemAdded`),
+//!   convertible into `dcb_core::EventType`:
+//!   `Query::types([CartEventType::ItemAdded])`;
+//! - `{Enum}Tag`, one variant per tag key (`CartEventTag::CartId`), with
+//!   `.of(value)` building the tag: `CartEventTag::CartId.of("c1")`.
+//!
+//! Aliases and upcasts are how stored data outlives renamed or reshaped
+//! events: new events are always written under the current name, while
+//! `decode`, `SCHEMA` and so every query over the enum also cover the old
+//! names.
 //!
 //! - Variants have named fields or none; the field names are the payload's
 //!   keys. Tuple variants and generic enums are rejected.
@@ -121,7 +140,7 @@
 //! `dcb_core::StateMutate`.
 //!
 //! ```
-//! use dcb_core::{Event, Query, QueryItem, StateMutate, StateQuery, Tag};
+//! use dcb_core::{Event, Query, QueryItem, StateMutate, StateQuery};
 //!
 //! #[derive(Event, Debug, Clone)]
 //! #[stream(CartItems, [ItemAdded, Cleared])]
@@ -160,8 +179,8 @@
 //! assert_eq!(
 //!     state.query(),
 //!     Query::from_items([QueryItem::new()
-//!         .types(["ItemAdded", "Cleared"])
-//!         .tags([Tag::new("cart_id", "c1")])])
+//!         .types([CartEventType::ItemAdded, CartEventType::Cleared])
+//!         .tags([CartEventTag::CartId.of("c1")])])
 //! );
 //! ```
 //!
@@ -171,7 +190,11 @@
 //! |---|---|---|
 //! | struct | `#[state_query(Stream)]` (required) | the event enum or `#[stream]` the state folds (`type Event`) |
 //! | struct | `#[state_query(Stream, rename = "Name")]` | sets `NAME` (default: the struct's name) |
-//! | field | `#[id]` | the state's ids: the query asks each event type for those of these tags it carries |
+//! | field | `#[id]` / `#[id(key = "..")]` | the state's ids: the query asks each event type for those of these tags it carries |
+//!
+//! An id whose key no event type of the stream carries is a compile error
+//! (it would filter nothing, and the state would read every boundary's
+//! events).
 //!
 //! `query()` is `dcb_core::state_query_for::<Stream>(&[Tag::new("field", &self.field), ..])`:
 //! one query item per group of event types carrying the same subset of the

@@ -704,3 +704,73 @@ fn a_state_over_a_custom_key_matches_either_field() {
     };
     assert!(state.query().matches("Transferred", &t.tags()));
 }
+
+/// The old shape of `Deposited`, stored as `MoneyDeposited` in euros.
+fn deposit_v1(old: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let old: serde_json::Value =
+        serde_json::from_slice(old).map_err(|e| CodecError::Decode(e.to_string()))?;
+    let euros = old["euros"]
+        .as_u64()
+        .ok_or_else(|| CodecError::Decode("euros missing".into()))?;
+    Ok(
+        serde_json::json!({ "account": old["account"], "cents": euros * 100 })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+#[derive(Event, Debug, Clone, PartialEq)]
+enum MoneyEvent {
+    #[event(upcast(from = "MoneyDeposited", with = deposit_v1))]
+    Deposited {
+        #[id]
+        account: String,
+        cents: u64,
+    },
+    #[event(alias = "Withdrawal", alias = "MoneyWithdrawn")]
+    Withdrawn {
+        #[id]
+        account: String,
+        cents: u64,
+    },
+}
+
+#[test]
+fn old_names_are_read_as_the_current_variant() {
+    let old = br#"{"account":"a1","euros":3}"#;
+    assert_eq!(
+        MoneyEvent::decode("MoneyDeposited", old).unwrap(),
+        MoneyEvent::Deposited {
+            account: "a1".into(),
+            cents: 300
+        }
+    );
+    let renamed = br#"{"account":"a1","cents":5}"#;
+    assert_eq!(
+        MoneyEvent::decode("MoneyWithdrawn", renamed).unwrap(),
+        MoneyEvent::decode("Withdrawn", renamed).unwrap()
+    );
+    // New events are written under the current name only.
+    let event = MoneyEvent::Withdrawn {
+        account: "a1".into(),
+        cents: 1,
+    };
+    assert_eq!(event.event_type(), "Withdrawn");
+    // Queries over the enum read the old names too.
+    let types: Vec<String> = MoneyEvent::event_types()
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "Deposited",
+            "MoneyDeposited",
+            "Withdrawn",
+            "Withdrawal",
+            "MoneyWithdrawn"
+        ]
+    );
+    assert_eq!(MoneyEventType::ALL.len(), 2);
+    assert!(MoneyEvent::decode("MoneyDeposited", b"{}").is_err());
+}

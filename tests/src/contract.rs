@@ -1608,14 +1608,20 @@ pub async fn decision_maker_idempotent_retry<S: EventStore + 'static>(store: S) 
     assert_empty(&store).await;
     let maker = DecisionMaker::new(store);
     let first = maker
-        .make_with(&increment("c1"), MakeOptions::idempotency_key("req-1"))
+        .make_with(
+            &increment("c1"),
+            MakeOptions::new().idempotency_key("req-1"),
+        )
         .await
         .expect("first call commits");
     assert!(!first.replayed, "the first call is not a replay");
     assert_eq!(first.events.len(), 1);
     let head_after_first = head(maker.store()).await;
     let second = maker
-        .make_with(&increment("c1"), MakeOptions::idempotency_key("req-1"))
+        .make_with(
+            &increment("c1"),
+            MakeOptions::new().idempotency_key("req-1"),
+        )
         .await
         .expect("the retry succeeds");
     assert!(
@@ -1641,7 +1647,10 @@ pub async fn decision_maker_idempotent_retry<S: EventStore + 'static>(store: S) 
         "the retry appended nothing"
     );
     let third = maker
-        .make_with(&increment("c1"), MakeOptions::idempotency_key("req-2"))
+        .make_with(
+            &increment("c1"),
+            MakeOptions::new().idempotency_key("req-2"),
+        )
         .await
         .expect("another key commits");
     assert!(!third.replayed);
@@ -1673,7 +1682,7 @@ pub async fn decision_maker_concurrent_idempotent_retry<S: EventStore + 'static>
             tokio::spawn(async move {
                 barrier.wait().await;
                 maker
-                    .make_with(&increment("c1"), MakeOptions::idempotency_key("once"))
+                    .make_with(&increment("c1"), MakeOptions::new().idempotency_key("once"))
                     .await
             })
         })

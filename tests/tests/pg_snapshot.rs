@@ -373,7 +373,7 @@ async fn idempotency_keys_still_work_with_snapshots_on() {
     let snapshots = snapshot_store(&db).await;
     let maker = DecisionMaker::new(db.store().await).with_snapshots(snapshots.clone(), 1);
     maker.make(deposit("a1", 100)).await.unwrap();
-    let request = MakeOptions::idempotency_key("withdraw-1");
+    let request = MakeOptions::new().idempotency_key("withdraw-1");
     let first = maker
         .make_with(&withdraw("a1", 30), request.clone())
         .await

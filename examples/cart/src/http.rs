@@ -254,13 +254,10 @@ pub fn fingerprint(headers: &HeaderMap) -> String {
         .get(axum::http::header::USER_AGENT)
         .map(|v| v.as_bytes())
         .unwrap_or(b"unknown");
-    // FNV-1a, 64 bits: stable across Rust versions, unlike `DefaultHasher`.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in agent {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("fp-{hash:016x}")
+    // Stable across Rust versions and processes, unlike `DefaultHasher`.
+    let mut hash = dcb_core::fnv::Fnv1a::new();
+    hash.write(agent);
+    format!("fp-{:016x}", hash.finish())
 }
 
 #[derive(Deserialize)]

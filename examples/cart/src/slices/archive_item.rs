@@ -5,9 +5,8 @@
 //! The ordering guarantee comes from positions: the command carries the
 //! position of the `PriceChanged` event, and the state remembers the position
 //! at which each item now in the cart was added. An item added after the
-//! price change keeps its price. The state is folded by hand (a
-//! [`DecisionState`] implementation) because it needs the positions, which a
-//! `StateMutate` fold does not see.
+//! price change keeps its price. The state's fold is a [`SequencedMutate`]:
+//! it sees each event's position, which a `StateMutate` fold does not.
 //!
 //! Idempotent per item: an archived item is no longer in the cart, so a
 //! second ArchiveItem for it (a redelivered price change, a second item of
@@ -17,13 +16,13 @@ use std::convert::Infallible;
 
 use async_trait::async_trait;
 use dcb_core::{
-    state_query_for, BoxError, Decision, DecisionMaker, DecisionState, DecodeError, EventStore,
-    Listener, MakeOptions, Position, Query, QueryItem, ReadOptions, Sequenced, SequencedEvent, Tag,
+    BoxError, Decision, DecisionMaker, EventStore, Listener, MakeOptions, Position, Query,
+    QueryItem, ReadOptions, Sequenced, SequencedMutate, StateQuery,
 };
 use futures::TryStreamExt;
 use uuid::Uuid;
 
-use crate::events::{CartEvent, CartStream};
+use crate::events::{CartEvent, CartEventTag, CartEventType, CartStream};
 
 /// The command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +46,10 @@ struct PlacedItem {
 }
 
 /// What ArchiveItem knows about the cart.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, StateQuery)]
+#[state_query(CartStream)]
 pub struct ArchiveItemState {
+    #[id]
     cart_id: Uuid,
     submitted: bool,
     items: Vec<PlacedItem>,
@@ -63,9 +64,11 @@ impl ArchiveItemState {
             items: Vec::new(),
         }
     }
+}
 
-    fn mutate(&mut self, position: Position, event: CartStream) {
-        match event {
+impl SequencedMutate for ArchiveItemState {
+    fn mutate(&mut self, event: Sequenced<CartStream>) {
+        match event.event {
             CartStream::CartItemAdded {
                 item_id,
                 product_id,
@@ -73,7 +76,7 @@ impl ArchiveItemState {
             } => self.items.push(PlacedItem {
                 item_id,
                 product_id,
-                added_at: position,
+                added_at: event.position,
             }),
             CartStream::CartItemRemoved { item_id, .. }
             | CartStream::ItemArchived { item_id, .. } => {
@@ -83,23 +86,6 @@ impl ArchiveItemState {
             CartStream::CartSubmitted { .. } => self.submitted = true,
             CartStream::CartCreated { .. } => {}
         }
-    }
-}
-
-impl DecisionState for ArchiveItemState {
-    fn queries(&self) -> Vec<Query> {
-        vec![state_query_for::<CartStream>(&[Tag::new(
-            "cart_id",
-            self.cart_id,
-        )])]
-    }
-
-    fn apply(&mut self, event: &SequencedEvent, queries: &[Query]) -> Result<(), DecodeError> {
-        if queries[0].matches(event.event_type().as_str(), event.tags()) {
-            let decoded = event.decode::<CartStream>()?;
-            self.mutate(decoded.position, decoded.event);
-        }
-        Ok(())
     }
 }
 
@@ -159,8 +145,8 @@ impl<S: EventStore> ArchiveOnPriceChange<S> {
         before: Position,
     ) -> Result<Vec<(Uuid, Uuid)>, BoxError> {
         let query = Query::from_items([QueryItem::new()
-            .types(["CartItemAdded"])
-            .tags([Tag::new("product_id", product_id)])]);
+            .types([CartEventType::CartItemAdded])
+            .tags([CartEventTag::ProductId.of(product_id)])]);
         let result = self
             .maker
             .store()
@@ -194,7 +180,7 @@ impl<S: EventStore + 'static> Listener for ArchiveOnPriceChange<S> {
     }
 
     fn query(&self) -> Query {
-        Query::types(["PriceChanged"])
+        Query::types([CartEventType::PriceChanged])
     }
 
     async fn handle(&self, event: Sequenced<CartEvent>) -> Result<(), BoxError> {
@@ -210,10 +196,7 @@ impl<S: EventStore + 'static> Listener for ArchiveOnPriceChange<S> {
                 price_changed_event: cause,
                 price_changed_position: event.position,
             };
-            let options = MakeOptions {
-                causation_id: Some(cause),
-                ..Default::default()
-            };
+            let options = MakeOptions::caused_by(&event);
             let decided = self.maker.make_with(&decision, options).await?;
             archived += decided.events.len();
         }

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use dcb_core::{state_query_for, EventStore, ReadModel, ReadOptions, Sequenced, StoreError, Tag};
+use dcb_core::{state_query_for, EventStore, ReadModel, ReadOptions, Sequenced, StoreError};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::{CartEvent, CartStream};
+use crate::events::{CartEvent, CartEventTag, CartStream};
 
 /// One item as the read models show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +122,7 @@ pub async fn load(
     store: &dyn EventStore,
     cart_id: Uuid,
 ) -> Result<Option<CartItemsView>, StoreError> {
-    let query = state_query_for::<CartStream>(&[Tag::new("cart_id", cart_id)]);
+    let query = state_query_for::<CartStream>(&[CartEventTag::CartId.of(cart_id)]);
     let result = store.read(&query, ReadOptions::forwards()).await?;
     let mut events = result.events;
     let mut model = CartItems::default();

@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::db::SCHEMA;
-use crate::events::CartEvent;
+use crate::events::{CartEvent, CartEventType};
 use crate::slices::cart_items::{CartItem, CartItems, CartItemsView};
 
 /// One row change of the cart items tables.
@@ -146,11 +146,11 @@ impl TransactionalListener<PgTransaction> for CartItemsDbListener {
 
     fn query(&self) -> Query {
         Query::types([
-            "CartCreated",
-            "CartItemAdded",
-            "CartItemRemoved",
-            "CartCleared",
-            "ItemArchived",
+            CartEventType::CartCreated,
+            CartEventType::CartItemAdded,
+            CartEventType::CartItemRemoved,
+            CartEventType::CartCleared,
+            CartEventType::ItemArchived,
         ])
     }
 

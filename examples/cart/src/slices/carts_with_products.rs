@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::db::SCHEMA;
-use crate::events::CartEvent;
+use crate::events::{CartEvent, CartEventType};
 
 /// One row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -116,11 +116,11 @@ impl TransactionalListener<PgTransaction> for CartsWithProductsListener {
 
     fn query(&self) -> Query {
         Query::types([
-            "CartItemAdded",
-            "CartItemRemoved",
-            "CartCleared",
-            "ItemArchived",
-            "CartSubmitted",
+            CartEventType::CartItemAdded,
+            CartEventType::CartItemRemoved,
+            CartEventType::CartCleared,
+            CartEventType::ItemArchived,
+            CartEventType::CartSubmitted,
         ])
     }
 

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db::SCHEMA;
-use crate::events::CartEvent;
+use crate::events::{CartEvent, CartEventType};
 
 /// A product's stock, as `GET /inventories/{product_id}` answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl TransactionalListener<PgTransaction> for InventoriesListener {
     }
 
     fn query(&self) -> Query {
-        Query::types(["InventoryChanged"])
+        Query::types([CartEventType::InventoryChanged])
     }
 
     async fn handle(

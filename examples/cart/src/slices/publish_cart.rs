@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dcb_core::{
     BoxError, Decision, DecisionMaker, Event, Position, Query, QueryItem, Sequenced, StateMutate,
-    StateQuery, Tag, TransactionalListener,
+    StateQuery, TransactionalListener,
 };
 use dcb_postgres::listener::PgTransaction;
 use dcb_postgres::queue::{JobContext, JobError, JobFailure, NewJob, Processor, WorkQueue};
@@ -26,7 +26,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::events::{CartEvent, OrderedProduct, PublicationStream};
+use crate::events::{CartEvent, CartEventTag, CartEventType, OrderedProduct, PublicationStream};
 
 /// The topic submitted carts go to.
 pub const PUBLISHED_CARTS_TOPIC: &str = "published-carts";
@@ -138,7 +138,7 @@ impl TransactionalListener<PgTransaction> for EnqueuePublication {
     }
 
     fn query(&self) -> Query {
-        Query::types(["CartSubmitted"])
+        Query::types([CartEventType::CartSubmitted])
     }
 
     async fn handle(
@@ -192,8 +192,8 @@ impl<P: CartPublisher> PublishCartProcessor<P> {
 /// Whether `CartPublished` was recorded for `cart_id`.
 async fn is_published(ctx: &JobContext, cart_id: Uuid) -> Result<bool, BoxError> {
     let query = Query::from_items([QueryItem::new()
-        .types(["CartPublished"])
-        .tags([Tag::new("cart_id", cart_id)])]);
+        .types([CartEventType::CartPublished])
+        .tags([CartEventTag::CartId.of(cart_id)])]);
     let result = ctx
         .store()
         .read(&query, dcb_core::ReadOptions::forwards().limit(1))
@@ -221,10 +221,7 @@ impl<P: CartPublisher> Processor for PublishCartProcessor<P> {
             .await
             .map_err(JobError::retryable)?;
         let maker = DecisionMaker::new(ctx.store().clone());
-        let options = dcb_core::MakeOptions {
-            causation_id: Some(job.event_id),
-            ..Default::default()
-        };
+        let options = dcb_core::MakeOptions::new().causation_id(job.event_id);
         let decided = maker
             .make_with(&RecordPublication { cart_id }, options)
             .await
