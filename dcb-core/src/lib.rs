@@ -6,6 +6,7 @@ mod codec;
 mod decision;
 mod event;
 pub mod fnv;
+pub mod limits;
 mod listener;
 mod memory;
 mod query;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::event::{EventRecord, SequencedEvent};
+use crate::limits;
 use crate::query::{AppendCondition, Query};
 use crate::store::{AppendResult, Direction, EventStore, ReadOptions, ReadResult, StoreError};
 use crate::tag::Position;
@@ -94,6 +95,7 @@ fn matches(query: &Query, event: &SequencedEvent) -> bool {
 #[async_trait]
 impl EventStore for InMemoryEventStore {
     async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
+        limits::check_query(query)?;
         let inner = self.lock_read();
         let head = inner.events.last().map(|e| e.position);
         let limit = options.limit.unwrap_or(usize::MAX);
@@ -139,6 +141,10 @@ impl EventStore for InMemoryEventStore {
             return Err(StoreError::InvalidRequest(
                 "an append needs at least one event".into(),
             ));
+        }
+        limits::check_records(&events)?;
+        if let Some(condition) = &condition {
+            limits::check_query(&condition.fail_if_events_match)?;
         }
         let mut inner = self.lock_write();
         if let Some(condition) = &condition {

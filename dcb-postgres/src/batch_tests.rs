@@ -8,7 +8,7 @@ use dcb_core::{AppendCondition, EventMetadata, EventRecord, Position, Query, Que
 use sqlx::Row;
 
 use crate::testing::TestDatabase;
-use crate::writer::{call_batch, Batch};
+use crate::writer::batch::{call_batch, Batch};
 
 const APPENDED: i32 = 0;
 const CONFLICT: i32 = 1;

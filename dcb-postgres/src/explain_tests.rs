@@ -10,7 +10,7 @@ use sqlx::{Executor, Row};
 use crate::migrations::{render, EVENT_STORE_STEPS};
 use crate::sql::{self, bind_all, Bind, Sql};
 use crate::testing::TestDatabase;
-use crate::writer::Batch;
+use crate::writer::batch::Batch;
 
 const EVENTS: i64 = 1_000_000;
 

@@ -20,5 +20,7 @@ pub mod testing;
 mod writer;
 
 pub use store::{
-    PgEventStore, PgEventStoreBuilder, DEFAULT_MAX_BATCH_SIZE, DEFAULT_SCHEMA, READ_PAGE_SIZE,
+    PgEventStore, PgEventStoreBuilder, DEFAULT_MAX_BATCH_SIZE, DEFAULT_OUTCOME_TIMEOUT,
+    DEFAULT_SCHEMA, READ_PAGE_SIZE,
 };
+pub use writer::WriterStats;

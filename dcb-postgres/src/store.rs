@@ -22,7 +22,8 @@ use crate::migrations;
 use crate::position::{from_db, opt_to_db, to_db};
 use crate::reader::{self, ReadRequest, ReaderConfig};
 use crate::sql;
-use crate::writer::{self, Message, Request, WriterConfig};
+use crate::writer::commit::Committer;
+use crate::writer::{self, Message, Request};
 
 /// The schema a store uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "dcb";
@@ -31,6 +32,9 @@ pub const DEFAULT_SCHEMA: &str = "dcb";
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 100;
 /// How many events a read fetches per round trip.
 pub const READ_PAGE_SIZE: usize = 1000;
+/// How long the writer tries to find out whether an append whose reply was
+/// lost committed, unless told otherwise.
+pub const DEFAULT_OUTCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The event store on PostgreSQL.
 ///
@@ -47,6 +51,7 @@ struct Inner {
     sender: mpsc::Sender<Message>,
     reads: mpsc::Sender<ReadRequest>,
     shut: AtomicBool,
+    counters: Arc<crate::writer::commit::Counters>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Runs the writer and the reader; dropped last.
     _io: IoThread,
@@ -78,6 +83,7 @@ pub struct PgEventStoreBuilder {
     max_batch_size: usize,
     migrate_on_start: bool,
     pool_options: Option<PgPoolOptions>,
+    outcome_timeout: Duration,
 }
 
 impl Default for PgEventStoreBuilder {
@@ -87,6 +93,7 @@ impl Default for PgEventStoreBuilder {
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             migrate_on_start: true,
             pool_options: None,
+            outcome_timeout: DEFAULT_OUTCOME_TIMEOUT,
         }
     }
 }
@@ -112,6 +119,16 @@ impl PgEventStoreBuilder {
     /// [`migrations::migrate_store`] yourself.
     pub fn migrate_on_start(mut self, migrate: bool) -> Self {
         self.migrate_on_start = migrate;
+        self
+    }
+
+    /// How long the writer tries to find out whether an append committed
+    /// when the connection failed after the append was sent (default 10 s).
+    /// Within it, every caller learns the truth (its positions, or
+    /// [`StoreError::Unavailable`]: nothing appended); past it,
+    /// [`StoreError::OutcomeUnknown`]. Meanwhile other appends wait.
+    pub fn outcome_timeout(mut self, timeout: Duration) -> Self {
+        self.outcome_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 
@@ -168,18 +185,20 @@ impl PgEventStoreBuilder {
         }
         let io = IoThread::start(&format!("dcb-pg-{}", self.schema))
             .map_err(|e| crate::error::backend("start the store's I/O thread", e.to_string()))?;
-        let io_pool = io.pool_like(
-            &pool,
-            (writer::PIPELINE_DEPTH + reader::STATEMENTS_IN_FLIGHT) as u32,
-        );
+        let io_pool = io.pool_like(&pool, reader::STATEMENTS_IN_FLIGHT as u32 + 1);
         let (sender, receiver) = mpsc::channel(self.max_batch_size.saturating_mul(16).max(1024));
-        let config = WriterConfig {
-            pool: io_pool.clone(),
+        let counters = Arc::new(crate::writer::commit::Counters::default());
+        let committer = Committer {
+            counters: counters.clone(),
             schema: self.schema.clone(),
             channel: notify_channel(&self.schema),
-            max_batch_size: self.max_batch_size,
+            connect: (*pool.connect_options()).clone(),
+            lookup: io_pool.clone(),
+            outcome_timeout: self.outcome_timeout,
         };
-        let handle = io.handle().spawn(writer::run(config, receiver));
+        let handle = io
+            .handle()
+            .spawn(writer::run(committer, self.max_batch_size, receiver));
         let (reads, read_receiver) = mpsc::channel(1024);
         io.handle().spawn(reader::run(
             ReaderConfig {
@@ -195,6 +214,7 @@ impl PgEventStoreBuilder {
                 sender,
                 reads,
                 shut: AtomicBool::new(false),
+                counters,
                 writer: Mutex::new(Some(handle)),
                 _io: io,
             }),
@@ -235,6 +255,13 @@ impl PgEventStore {
     /// batch; the payload is the new head position.
     pub fn notify_channel(&self) -> String {
         notify_channel(&self.inner.schema)
+    }
+
+    /// What the writer did since the store started: batches, requests,
+    /// refused values, and replies lost to broken connections with how each
+    /// was resolved.
+    pub fn writer_stats(&self) -> crate::WriterStats {
+        crate::WriterStats::read(&self.inner.counters)
     }
 
     /// Applies pending migrations (for stores built with
@@ -338,6 +365,9 @@ impl EventStore for PgEventStore {
             limit = ?options.limit,
         );
         async move {
+            // Refused here, a value the database cannot take never reaches a
+            // statement shared with other reads.
+            dcb_core::limits::check_query(query)?;
             let limit = options.limit.unwrap_or(usize::MAX);
             let forwards = options.direction == Direction::Forwards;
             let schema = &self.inner.schema;
@@ -456,6 +486,12 @@ impl EventStore for PgEventStore {
             return Err(StoreError::InvalidRequest(
                 "an append needs at least one event".into(),
             ));
+        }
+        // Values the database would refuse fail this caller here, before
+        // they could share a batch with anyone else's append.
+        dcb_core::limits::check_records(&events)?;
+        if let Some(condition) = &condition {
+            dcb_core::limits::check_query(&condition.fail_if_events_match)?;
         }
         let mut ids = HashSet::with_capacity(events.len());
         for event in &events {

@@ -64,6 +64,8 @@ macro_rules! store_contract_tests {
             duplicate_event_id_in_batch_writes_nothing,
             duplicate_event_id_already_stored_writes_nothing,
             empty_append_is_invalid,
+            unstorable_values_are_refused,
+            a_bad_append_fails_only_its_caller,
             metadata_round_trip,
             payload_bytes_round_trip,
             recorded_at_is_set,
@@ -1167,6 +1169,89 @@ pub async fn empty_append_is_invalid<S: EventStore + 'static>(store: S) {
         }
     }
     assert_eq!(head(&store).await, None);
+}
+
+/// What PostgreSQL cannot store (NUL in a text, `\u0000` in JSON, a tag
+/// or type too long to index) is refused as an invalid request naming the
+/// field, by every backend alike, and nothing is written; reads and
+/// conditions with such values are refused too.
+pub async fn unstorable_values_are_refused<S: EventStore + 'static>(store: S) {
+    assert_empty(&store).await;
+    let long = "x".repeat(dcb_core::limits::MAX_TAG_BYTES);
+    let mut nul_metadata = record("Ok", &["k:1"]);
+    nul_metadata.metadata.user = Some(serde_json::json!({ "note": "a\u{0}b" }));
+    let cases: Vec<(&str, EventRecord)> = vec![
+        ("NUL in a tag", record("Ok", &["k:a\u{0}b"])),
+        ("an over-long tag", record("Ok", &[&format!("k:{long}")])),
+        ("NUL in the type", record("Bad\u{0}Type", &["k:1"])),
+        ("an over-long type", record(&"T".repeat(300), &["k:1"])),
+        ("NUL in user metadata", nul_metadata),
+    ];
+    for (what, bad) in cases {
+        match store.append(vec![record("Ok", &["k:1"]), bad], None).await {
+            Err(StoreError::InvalidRequest(message)) => assert!(
+                message.contains("event 2"),
+                "{what}: the message must name the event: {message}"
+            ),
+            other => panic!("{what}: expected InvalidRequest, got {other:?}"),
+        }
+    }
+    let bad_query = Query::tags([tag("k", "a\u{0}b")]);
+    assert!(matches!(
+        store.read(&bad_query, ReadOptions::forwards()).await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        store
+            .append(
+                vec![record("Ok", &["k:1"])],
+                Some(AppendCondition::never_matched(bad_query))
+            )
+            .await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+    assert_eq!(head(&store).await, None, "nothing may be written");
+    // Anything else is kept as written.
+    let odd = record("Ünïcödé ✓", &["k:\u{1}tab\t", "empty:"]);
+    append(&store, vec![odd.clone()], None).await;
+    let (_, events) = read(&store, &Query::all(), ReadOptions::forwards()).await;
+    assert_eq!(events[0].record, odd);
+}
+
+/// Among concurrent appends, one refused value fails its own caller only:
+/// every other append commits.
+pub async fn a_bad_append_fails_only_its_caller<S: EventStore + 'static>(store: S) {
+    assert_empty(&store).await;
+    let store = Arc::new(store);
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let value = if i == 7 {
+                    "bad\u{0}".to_string()
+                } else {
+                    i.to_string()
+                };
+                let ev = record("Item", &[&format!("k:{value}")]);
+                barrier.wait().await;
+                (i, store.append(vec![ev], None).await)
+            })
+        })
+        .collect();
+    let mut committed = 0;
+    for task in tasks {
+        let (i, result) = task.await.expect("appender panicked");
+        match (i, result) {
+            (7, Err(StoreError::InvalidRequest(_))) => {}
+            (7, other) => panic!("the bad append must be InvalidRequest, got {other:?}"),
+            (_, Ok(_)) => committed += 1,
+            (i, Err(e)) => panic!("innocent append {i} failed: {e:?}"),
+        }
+    }
+    assert_eq!(committed, RACERS - 1);
+    let (_, events) = read(&*store, &Query::all(), ReadOptions::forwards()).await;
+    assert_eq!(events.len(), RACERS - 1);
 }
 
 // ---------------------------------------------------------------------------
