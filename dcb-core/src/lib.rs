@@ -19,8 +19,8 @@ pub mod testing;
 pub use backoff::{Backoff, MAX_DELAY};
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use decision::{
-    Decided, Decision, DecisionError, DecisionMaker, MakeOptions, RetryPolicy, UnknownEventPolicy,
-    IDEMPOTENCY_TAG_KEY,
+    CacheStats, Decided, Decision, DecisionError, DecisionMaker, MakeOptions, RetryPolicy,
+    UnknownEventPolicy, DEFAULT_CACHE_ENTRIES, IDEMPOTENCY_TAG_KEY,
 };
 pub use event::{
     DecodeError, Event, EventMetadata, EventRecord, EventSchema, Sequenced, SequencedEvent,

@@ -139,7 +139,7 @@ impl SnapshotStore for InMemorySnapshotStore {
 /// Only what the events give belongs in the state; command parameters stay on
 /// the decision, or a snapshot would carry one command's parameters into the
 /// next.
-pub trait Snapshot: SequencedMutate + Serialize + DeserializeOwned {
+pub trait Snapshot: SequencedMutate + Clone + Serialize + DeserializeOwned {
     /// The schema version of the snapshot payload and fold.
     const VERSION: u32 = 1;
 

@@ -118,7 +118,7 @@ pub fn state_query_for<E: Event>(ids: &[Tag]) -> Query {
 ///
 /// The queries of a tuple's members are unioned into one read; each event is
 /// folded into every member whose own query matches it.
-pub trait DecisionState: Send + Sync + 'static {
+pub trait DecisionState: Clone + Send + Sync + 'static {
     /// One query per member, in order.
     fn queries(&self) -> Vec<Query>;
 
@@ -170,7 +170,7 @@ fn fold_member<S: SequencedMutate>(
     Ok(())
 }
 
-impl<S: SequencedMutate> DecisionState for S {
+impl<S: SequencedMutate + Clone> DecisionState for S {
     fn queries(&self) -> Vec<Query> {
         vec![self.query()]
     }
@@ -195,7 +195,7 @@ impl DecisionState for () {
 
 macro_rules! tuple_state {
     ($($name:ident $idx:tt),+) => {
-        impl<$($name: SequencedMutate),+> DecisionState for ($($name,)+) {
+        impl<$($name: SequencedMutate + Clone),+> DecisionState for ($($name,)+) {
             fn queries(&self) -> Vec<Query> {
                 vec![$(self.$idx.query()),+]
             }

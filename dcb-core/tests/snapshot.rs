@@ -60,7 +60,7 @@ impl StateMutate for Balance {
 impl Snapshot for Balance {}
 
 /// The same state under the same name with a bumped schema version.
-#[derive(StateQuery, Serialize, Deserialize, Debug)]
+#[derive(Clone, StateQuery, Serialize, Deserialize, Debug)]
 #[state_query(BankEvent, rename = "Balance")]
 struct BalanceV2 {
     #[id]
@@ -86,7 +86,7 @@ enum DepositsOnly {
 }
 
 /// The same name and version, but a query over fewer event types.
-#[derive(StateQuery, Serialize, Deserialize, Debug)]
+#[derive(Clone, StateQuery, Serialize, Deserialize, Debug)]
 #[state_query(DepositsOnly, rename = "Balance")]
 struct DepositTotal {
     #[id]
@@ -225,8 +225,9 @@ fn outcome(result: Result<Decided<BankEvent>, DecisionError<BankError>>) -> Stri
 #[tokio::test]
 async fn same_results_with_and_without_snapshots() {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
-    let with =
-        DecisionMaker::new(Arc::new(Recording::default())).with_snapshots(snapshots.clone(), 7);
+    let with = DecisionMaker::new(Arc::new(Recording::default()))
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 7);
     let without = DecisionMaker::new(InMemoryEventStore::new());
     let mut rng = fastrand::Rng::with_seed(20240601);
     for step in 0..400 {
@@ -267,7 +268,9 @@ async fn same_results_with_and_without_snapshots() {
 #[tokio::test]
 async fn a_snapshot_is_saved_every_n_events() {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
-    let maker = DecisionMaker::new(InMemoryEventStore::new()).with_snapshots(snapshots.clone(), 10);
+    let maker = DecisionMaker::new(InMemoryEventStore::new())
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 10);
     let key = key_of("a1");
     let deposit = |amount| Deposit {
         account: "a1".into(),
@@ -319,7 +322,9 @@ async fn a_snapshot_is_saved_every_n_events() {
 #[tokio::test]
 async fn a_rejected_decision_still_saves_its_read() {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
-    let maker = DecisionMaker::new(InMemoryEventStore::new()).with_snapshots(snapshots.clone(), 1);
+    let maker = DecisionMaker::new(InMemoryEventStore::new())
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 1);
     maker
         .make(Deposit {
             account: "a1".into(),
@@ -337,7 +342,9 @@ async fn a_rejected_decision_still_saves_its_read() {
 async fn planted_snapshot_is_ignored(payload: Vec<u8>, position: Position) {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
     let store = Arc::new(Recording::default());
-    let maker = DecisionMaker::new(store.clone()).with_snapshots(snapshots.clone(), 1);
+    let maker = DecisionMaker::new(store.clone())
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 1);
     for amount in [10, 20, 30] {
         maker
             .make(Deposit {
@@ -445,6 +452,7 @@ async fn racers_never_overdraw_with_snapshots_on() {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
     let maker = Arc::new(
         DecisionMaker::new(InMemoryEventStore::new())
+            .cache_entries(0)
             .with_snapshots(snapshots.clone(), 1)
             .with_retry(RetryPolicy {
                 max_attempts: 10_000,
@@ -493,7 +501,9 @@ async fn racers_never_overdraw_with_snapshots_on() {
 #[tokio::test]
 async fn idempotency_keys_still_work_with_snapshots_on() {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
-    let maker = DecisionMaker::new(InMemoryEventStore::new()).with_snapshots(snapshots.clone(), 1);
+    let maker = DecisionMaker::new(InMemoryEventStore::new())
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 1);
     let deposit = |amount| Deposit {
         account: "a1".into(),
         amount,
@@ -551,7 +561,9 @@ async fn a_failing_snapshot_store_never_fails_a_decision() {
         }
     }
 
-    let maker = DecisionMaker::new(InMemoryEventStore::new()).with_snapshots(Arc::new(Broken), 1);
+    let maker = DecisionMaker::new(InMemoryEventStore::new())
+        .cache_entries(0)
+        .with_snapshots(Arc::new(Broken), 1);
     for _ in 0..3 {
         maker
             .make(Deposit {

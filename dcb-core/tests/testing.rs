@@ -263,7 +263,7 @@ impl Event for Broken {
     }
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Seen {
     key: String,
     values: Vec<u32>,
@@ -333,6 +333,7 @@ fn given_events_go_through_the_codec_and_the_query() {
 }
 
 // A state whose event type cannot decode what the decision's enum wrote.
+#[derive(Clone)]
 struct Strict;
 
 impl dcb_core::StateQuery for Strict {

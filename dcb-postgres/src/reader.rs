@@ -126,8 +126,29 @@ pub(crate) async fn run(config: ReaderConfig, mut receiver: mpsc::Receiver<ReadR
     }
 }
 
-/// Runs one statement for `reads` and answers each.
-async fn answer(pool: &PgPool, statement: &str, reads: Vec<ReadRequest>) {
+/// Whether the database refused a value of the statement (a data
+/// exception or a program limit), as opposed to failing for everyone.
+fn is_refused_value(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("54")),
+        _ => false,
+    }
+}
+
+/// Runs one statement for `reads` and answers each. When the database
+/// refuses a value of one read (a data error), the reads are split and
+/// answered in halves, so that only the offending read fails.
+fn answer<'a>(
+    pool: &'a PgPool,
+    statement: &'a str,
+    reads: Vec<ReadRequest>,
+) -> futures::future::BoxFuture<'a, ()> {
+    Box::pin(answer_all(pool, statement, reads))
+}
+
+async fn answer_all(pool: &PgPool, statement: &str, mut reads: Vec<ReadRequest>) {
     let mut req = Vec::new();
     let mut probe = Vec::new();
     let mut probe_type = Vec::new();
@@ -156,6 +177,13 @@ async fn answer(pool: &PgPool, statement: &str, reads: Vec<ReadRequest>) {
         .await;
     let rows = match result {
         Ok(rows) => rows,
+        Err(e) if reads.len() > 1 && is_refused_value(&e) => {
+            tracing::debug!(error = %e, reads = reads.len(), "a batched read was refused; splitting it");
+            let second = reads.split_off(reads.len() / 2);
+            answer(pool, statement, reads).await;
+            answer(pool, statement, second).await;
+            return;
+        }
         Err(e) => {
             for read in reads {
                 let _ = read.reply.send(Err(store_error_ref("read events", &e)));

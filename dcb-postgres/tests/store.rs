@@ -572,6 +572,7 @@ impl Event for AccountEvent {
     }
 }
 
+#[derive(Clone)]
 struct Balance {
     account: String,
     total: u64,

@@ -75,6 +75,10 @@ macro_rules! store_contract_tests {
             decision_maker_idempotent_retry,
             decision_maker_concurrent_idempotent_retry,
             decision_maker_conflict_retry_converges,
+            cached_state_never_accepts_wrongly,
+            cached_state_never_rejects_wrongly,
+            cached_states_race_another_instance_within_the_limit,
+            cache_stays_within_its_bound,
         }
     };
 }
@@ -1580,43 +1584,58 @@ pub enum CounterEvent {
         /// How much.
         by: u64,
     },
+    /// `counter` went down by `by`.
+    Decremented {
+        /// The counter's id (tag `counter`).
+        counter: String,
+        /// How much.
+        by: u64,
+    },
 }
 
 impl Event for CounterEvent {
-    const SCHEMA: &'static [EventSchema] = &[EventSchema {
-        event_type: "Incremented",
-        tag_keys: &["counter"],
-    }];
+    const SCHEMA: &'static [EventSchema] = &[
+        EventSchema {
+            event_type: "Incremented",
+            tag_keys: &["counter"],
+        },
+        EventSchema {
+            event_type: "Decremented",
+            tag_keys: &["counter"],
+        },
+    ];
 
     fn event_type(&self) -> EventType {
-        EventType::from_static("Incremented")
+        match self {
+            CounterEvent::Incremented { .. } => EventType::from_static("Incremented"),
+            CounterEvent::Decremented { .. } => EventType::from_static("Decremented"),
+        }
     }
 
     fn tags(&self) -> Vec<Tag> {
-        let CounterEvent::Incremented { counter, .. } = self;
+        let (CounterEvent::Incremented { counter, .. } | CounterEvent::Decremented { counter, .. }) =
+            self;
         vec![Tag::new("counter", counter)]
     }
 
     fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let CounterEvent::Incremented { counter, by } = self;
+        let (CounterEvent::Incremented { counter, by } | CounterEvent::Decremented { counter, by }) =
+            self;
         serde_json::to_vec(&serde_json::json!({ "counter": counter, "by": by }))
             .map_err(|e| CodecError::Encode(e.to_string()))
     }
 
     fn decode(event_type: &str, payload: &[u8]) -> Result<Self, CodecError> {
-        if event_type != "Incremented" {
-            return Err(CodecError::UnknownType(event_type.into()));
-        }
         let v: serde_json::Value =
             serde_json::from_slice(payload).map_err(|e| CodecError::Decode(e.to_string()))?;
-        match (v["counter"].as_str(), v["by"].as_u64()) {
-            (Some(counter), Some(by)) => Ok(CounterEvent::Incremented {
-                counter: counter.into(),
-                by,
-            }),
-            _ => Err(CodecError::Decode(format!(
-                "not an Incremented payload: {v}"
-            ))),
+        let (counter, by) = match (v["counter"].as_str(), v["by"].as_u64()) {
+            (Some(counter), Some(by)) => (counter.to_owned(), by),
+            _ => return Err(CodecError::Decode(format!("not a counter payload: {v}"))),
+        };
+        match event_type {
+            "Incremented" => Ok(CounterEvent::Incremented { counter, by }),
+            "Decremented" => Ok(CounterEvent::Decremented { counter, by }),
+            other => Err(CodecError::UnknownType(other.into())),
         }
     }
 }
@@ -1638,8 +1657,10 @@ impl StateQuery for Counter {
 
 impl StateMutate for Counter {
     fn mutate(&mut self, event: CounterEvent) {
-        let CounterEvent::Incremented { by, .. } = event;
-        self.value += by;
+        match event {
+            CounterEvent::Incremented { by, .. } => self.value += by,
+            CounterEvent::Decremented { by, .. } => self.value = self.value.saturating_sub(by),
+        }
     }
 }
 
@@ -1842,14 +1863,188 @@ pub async fn decision_maker_conflict_retry_converges<S: EventStore + 'static>(st
     .await;
     let total: u64 = events
         .iter()
-        .map(|e| {
-            let CounterEvent::Incremented { by, .. } =
-                e.decode::<CounterEvent>().expect("decodes").event;
-            by
+        .map(|e| match e.decode::<CounterEvent>().expect("decodes").event {
+            CounterEvent::Incremented { by, .. } => by,
+            CounterEvent::Decremented { .. } => panic!("nothing decrements here"),
         })
         .sum();
     assert_eq!(
         total, LIMIT,
         "the folded counter equals the commits and respects the limit"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The decision maker's cache of states
+// ---------------------------------------------------------------------------
+
+fn bounded(counter: &str, limit: u64) -> Increment {
+    Increment {
+        counter: counter.into(),
+        limit,
+    }
+}
+
+/// Another instance (a maker with a cache of its own, or a plain append)
+/// moves the counter to its limit behind a maker's cached state: the
+/// maker's next decision must see it and refuse, never accept on the stale
+/// state.
+pub async fn cached_state_never_accepts_wrongly<S: EventStore + 'static>(store: S) {
+    assert_empty(&store).await;
+    let store = Arc::new(store);
+    let ours = DecisionMaker::new(store.clone());
+    let theirs = DecisionMaker::new(store.clone());
+    ours.make(bounded("c1", 3)).await.expect("1 of 3");
+    let second = ours.make(bounded("c1", 3)).await.expect("2 of 3");
+    assert!(
+        second.from_cache,
+        "the second decision decides on the cached state"
+    );
+    // The other instance takes the last slot.
+    theirs.make(bounded("c1", 3)).await.expect("3 of 3");
+    match ours.make(bounded("c1", 3)).await {
+        Err(DecisionError::Rejected(LimitReached(3))) => {}
+        other => panic!("the stale cache must not accept a 4th increment: {other:?}"),
+    }
+    let (_, events) = read(
+        &*store,
+        &Query::tags([tag("counter", "c1")]),
+        ReadOptions::forwards(),
+    )
+    .await;
+    assert_eq!(events.len(), 3, "never past the limit");
+    let stats = ours.cache_stats().expect("the cache is on by default");
+    assert!(stats.hits >= 2 && stats.refreshes >= 1, "{stats:?}");
+}
+
+/// A maker's cached state says the counter is at its limit, but another
+/// instance has since taken the counter down: a rejection decided on a
+/// cached state is confirmed against the events after it before it is
+/// reported, so the maker grants the increment.
+pub async fn cached_state_never_rejects_wrongly<S: EventStore + 'static>(store: S) {
+    assert_empty(&store).await;
+    let store = Arc::new(store);
+    let ours = DecisionMaker::new(store.clone());
+    for _ in 0..2 {
+        ours.make(bounded("c2", 2)).await.expect("below the limit");
+    }
+    match ours.make(bounded("c2", 2)).await {
+        Err(DecisionError::Rejected(LimitReached(2))) => {}
+        other => panic!("at the limit: {other:?}"),
+    }
+    // Another instance takes the counter down, behind our cached state.
+    let down = CounterEvent::Decremented {
+        counter: "c2".into(),
+        by: 1,
+    };
+    store
+        .append(vec![down.to_record().expect("encodes")], None)
+        .await
+        .expect("the other instance appends");
+    let refreshes = ours.cache_stats().map_or(0, |s| s.refreshes);
+    let decided = ours
+        .make(bounded("c2", 2))
+        .await
+        .expect("the counter is at 1 again: the increment must be granted");
+    assert_eq!(decided.events.len(), 1);
+    assert!(
+        ours.cache_stats().map_or(0, |s| s.refreshes) > refreshes,
+        "the cached rejection was checked against the log"
+    );
+    match ours.make(bounded("c2", 2)).await {
+        Err(DecisionError::Rejected(LimitReached(2))) => {}
+        other => panic!("at the limit again: {other:?}"),
+    }
+}
+
+/// Two instances, each with its own cache, race increments up to a limit on
+/// a few counters: no counter passes its limit, every increment below it is
+/// granted, and the caches were used (and found stale) along the way.
+pub async fn cached_states_race_another_instance_within_the_limit<S: EventStore + 'static>(
+    store: S,
+) {
+    assert_empty(&store).await;
+    let store = Arc::new(store);
+    const LIMIT: u64 = 25;
+    const COUNTERS: usize = 3;
+    let policy = RetryPolicy::default().max_attempts(1_000);
+    let makers = [
+        Arc::new(DecisionMaker::new(store.clone()).with_retry(policy.clone())),
+        Arc::new(DecisionMaker::new(store.clone()).with_retry(policy)),
+    ];
+    let barrier = Arc::new(Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (maker, barrier) = (makers[i % 2].clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut granted = 0u64;
+                for n in 0..20 {
+                    let counter = format!("r{}", (i + n) % COUNTERS);
+                    match maker.make(bounded(&counter, LIMIT)).await {
+                        Ok(_) => granted += 1,
+                        Err(DecisionError::Rejected(LimitReached(_))) => {}
+                        Err(e) => panic!("racer {i}: {e}"),
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.expect("racer panicked");
+    }
+    assert_eq!(
+        granted,
+        LIMIT * COUNTERS as u64,
+        "every increment below the limit is granted, none above"
+    );
+    for c in 0..COUNTERS {
+        let (_, events) = read(
+            &*store,
+            &Query::tags([tag("counter", &format!("r{c}"))]),
+            ReadOptions::forwards(),
+        )
+        .await;
+        assert_eq!(events.len() as u64, LIMIT, "counter r{c}");
+    }
+    for maker in &makers {
+        let stats = maker.cache_stats().expect("cache on");
+        assert!(stats.hits > 0, "the caches were used: {stats:?}");
+    }
+    let refreshes: u64 = makers
+        .iter()
+        .map(|m| m.cache_stats().map_or(0, |s| s.refreshes))
+        .sum();
+    assert!(
+        refreshes > 0,
+        "the instances made each other's caches stale"
+    );
+}
+
+/// A cache of `n` entries never holds more than `n` states, however many
+/// boundaries its decisions touch.
+pub async fn cache_stays_within_its_bound<S: EventStore + 'static>(store: S) {
+    assert_empty(&store).await;
+    let maker = DecisionMaker::new(store).cache_entries(50);
+    for i in 0..400 {
+        maker
+            .make(bounded(&format!("b{i}"), 10))
+            .await
+            .expect("a fresh counter");
+        let stats = maker.cache_stats().expect("cache on");
+        assert!(stats.entries <= 50, "{stats:?}");
+    }
+    let stats = maker.cache_stats().expect("cache on");
+    assert!(
+        stats.entries > 0 && stats.approx_bytes <= 50 * 2048,
+        "{stats:?}"
+    );
+    // The most recent boundaries are still served from the cache.
+    let decided = maker
+        .make(bounded("b399", 10))
+        .await
+        .expect("second increment");
+    assert!(decided.from_cache);
 }

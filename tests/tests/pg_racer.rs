@@ -144,6 +144,7 @@ impl Event for ShowEvent {
     }
 }
 
+#[derive(Clone)]
 struct Bookings {
     show: u32,
     booked: u32,

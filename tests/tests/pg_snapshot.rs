@@ -199,7 +199,9 @@ async fn migrate_is_idempotent_and_snapshots_never_move_back() {
 async fn same_results_with_and_without_snapshots() {
     let db = TestDatabase::create().await;
     let snapshots = snapshot_store(&db).await;
-    let with = DecisionMaker::new(db.store().await).with_snapshots(snapshots.clone(), 5);
+    let with = DecisionMaker::new(db.store().await)
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 5);
     let without = DecisionMaker::new(InMemoryEventStore::new());
     let mut rng = fastrand::Rng::with_seed(7);
     for step in 0..200 {
@@ -237,7 +239,9 @@ async fn same_results_with_and_without_snapshots() {
 async fn a_snapshot_is_saved_every_n_events() {
     let db = TestDatabase::create().await;
     let snapshots = snapshot_store(&db).await;
-    let maker = DecisionMaker::new(db.store().await).with_snapshots(snapshots.clone(), 10);
+    let maker = DecisionMaker::new(db.store().await)
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 10);
     let key = key_of("a1");
     for amount in 1..=10 {
         maker.make(deposit("a1", amount)).await.unwrap();
@@ -269,7 +273,9 @@ async fn a_snapshot_is_saved_every_n_events() {
 async fn a_snapshot_that_does_not_decode_is_ignored_and_replaced() {
     let db = TestDatabase::create().await;
     let snapshots = snapshot_store(&db).await;
-    let maker = DecisionMaker::new(db.store().await).with_snapshots(snapshots.clone(), 1);
+    let maker = DecisionMaker::new(db.store().await)
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 1);
     for amount in [10, 20, 30] {
         maker.make(deposit("a1", amount)).await.unwrap();
     }
@@ -336,6 +342,7 @@ async fn racers_on_several_stores_never_overdraw() {
             .expect("store");
         makers.push(Arc::new(
             DecisionMaker::new(store)
+                .cache_entries(0)
                 .with_snapshots(snapshots.clone(), 1)
                 .with_retry(retry.clone()),
         ));
@@ -371,7 +378,9 @@ async fn racers_on_several_stores_never_overdraw() {
 async fn idempotency_keys_still_work_with_snapshots_on() {
     let db = TestDatabase::create().await;
     let snapshots = snapshot_store(&db).await;
-    let maker = DecisionMaker::new(db.store().await).with_snapshots(snapshots.clone(), 1);
+    let maker = DecisionMaker::new(db.store().await)
+        .cache_entries(0)
+        .with_snapshots(snapshots.clone(), 1);
     maker.make(deposit("a1", 100)).await.unwrap();
     let request = MakeOptions::new().idempotency_key("withdraw-1");
     let first = maker
