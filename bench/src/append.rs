@@ -78,8 +78,8 @@ async fn run_variants(
 ) -> Result<(), String> {
     // (a) + (c): each concurrency's baseline and its decisions measured in
     // alternating slices, so both see the same load on a shared machine.
-    let concurrencies: Vec<usize> = match args.concurrency {
-        Some(c) => vec![c],
+    let concurrencies: Vec<usize> = match &args.concurrency {
+        Some(list) => list.clone(),
         None => DISJOINT_CONCURRENCY.to_vec(),
     };
     for &c in &concurrencies {
@@ -90,12 +90,15 @@ async fn run_variants(
         let store = db
             .open_store(&format!("disjoint_c{c}"), store_connections(c))
             .await?;
+        // One maker (one cache) for the whole row, as in an application.
+        let maker = Arc::new(DecisionMaker::new(store.clone()));
         let measured = alternate(
             window,
             |warmup, slice| raw.measure(c, warmup, slice),
-            |warmup, slice| disjoint(&store, c, warmup, slice),
+            |warmup, slice| disjoint(&maker, c, warmup, slice),
         )
         .await;
+        let cache = maker.cache_stats();
         db.close_store(store).await?;
         raw.drop(db).await?;
         let (raw, decided) = measured?;
@@ -103,6 +106,7 @@ async fn run_variants(
         let raw_ops = raw_row.ops_per_s;
         let mut decided = row("disjoint", c, &decided);
         decided.compare_with(raw_ops);
+        decided.record_cache(cache);
         say(&format!(
             "  {raw_ops:.0} inserts/s, {:.0} decisions/s ({:.2}x raw)",
             decided.ops_per_s,
@@ -110,10 +114,6 @@ async fn run_variants(
         ));
         rows.push(raw_row);
         rows.push(decided);
-    }
-
-    if args.concurrency.is_some() {
-        return Ok(());
     }
 
     // (b) hot boundaries.
@@ -124,7 +124,10 @@ async fn run_variants(
         let store = db
             .open_store(&format!("contended_c{c}"), store_connections(c))
             .await?;
-        let measured = contended(&store, c, window).await;
+        let retry = RetryPolicy::default().max_attempts(10_000);
+        let maker = Arc::new(DecisionMaker::new(store.clone()).with_retry(retry));
+        let measured = contended(&maker, c, window).await;
+        let cache = maker.cache_stats();
         db.close_store(store).await?;
         let measured = measured?;
         if measured.give_ups > 0 {
@@ -133,7 +136,8 @@ async fn run_variants(
                 measured.give_ups
             ));
         }
-        let r = row("contended", c, &measured);
+        let mut r = row("contended", c, &measured);
+        r.record_cache(cache);
         say(&format!(
             "  {:.0} decisions/s, {:.1}% of attempts conflicted",
             r.ops_per_s,
@@ -161,6 +165,8 @@ fn row(variant: &str, concurrency: usize, m: &Measured) -> Row {
         p99_ms: m.percentile_ms(0.99),
         baseline_ops_per_s: None,
         ratio: None,
+        cache_hit_rate: None,
+        cache_kib: None,
     }
 }
 
@@ -230,12 +236,11 @@ where
 /// (a) Each caller adds [`MAX_ITEMS`] items to a cart of its own, then moves
 /// to a fresh cart: decisions never share a boundary.
 async fn disjoint(
-    store: &PgEventStore,
+    maker: &Arc<DecisionMaker<PgEventStore>>,
     concurrency: usize,
     warmup: Duration,
     window: Duration,
 ) -> Result<Measured, String> {
-    let maker = Arc::new(DecisionMaker::new(store.clone()));
     run_timed(concurrency, warmup, window, |_| {
         let maker = maker.clone();
         let mut cart_id = Uuid::new_v4();
@@ -262,15 +267,10 @@ async fn disjoint(
 /// (b) Callers share [`HOT_BOUNDARIES`] carts (caller `i` on cart `i % 4`)
 /// and add lines with no cap; the retry policy never gives up in practice.
 async fn contended(
-    store: &PgEventStore,
+    maker: &Arc<DecisionMaker<PgEventStore>>,
     concurrency: usize,
     window: Duration,
 ) -> Result<Measured, String> {
-    let retry = RetryPolicy {
-        max_attempts: 10_000,
-        ..RetryPolicy::default()
-    };
-    let maker = Arc::new(DecisionMaker::new(store.clone()).with_retry(retry));
     let hot: Arc<Vec<Mutex<Uuid>>> = Arc::new(
         (0..HOT_BOUNDARIES)
             .map(|_| Mutex::new(Uuid::new_v4()))
@@ -349,14 +349,18 @@ async fn preloaded(
         say(&format!(
             "preloaded: {c} callers after {n} events and on an empty store, alternating"
         ));
+        let empty_maker = Arc::new(DecisionMaker::new(empty.clone()));
+        let full_maker = Arc::new(DecisionMaker::new(full.clone()));
         let (empty_measured, full_measured) = alternate(
             window,
-            |warmup, slice| disjoint(&empty, c, warmup, slice),
-            |warmup, slice| disjoint(&full, c, warmup, slice),
+            |warmup, slice| disjoint(&empty_maker, c, warmup, slice),
+            |warmup, slice| disjoint(&full_maker, c, warmup, slice),
         )
         .await?;
-        let empty_row = row("preloaded_empty", c, &empty_measured);
+        let mut empty_row = row("preloaded_empty", c, &empty_measured);
+        empty_row.record_cache(empty_maker.cache_stats());
         let mut full_row = row(&format!("preloaded_{n}"), c, &full_measured);
+        full_row.record_cache(full_maker.cache_stats());
         full_row.compare_with(empty_row.ops_per_s);
         say(&format!(
             "  {:.0} decisions/s empty, {:.0} after {n} ({:.2}x empty)",

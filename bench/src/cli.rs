@@ -1,5 +1,5 @@
 //! Command-line parsing: `dcb-bench <workload> [--seconds N] [--json PATH] [--preload N]
-//! [--concurrency N]`.
+//! [--concurrency N[,N..]]`.
 
 use std::path::PathBuf;
 
@@ -57,10 +57,9 @@ pub struct Args {
     /// How many events the preloaded variants load (0 skips them); the
     /// listener catch-up, queue burn-down and relay drain sizes follow it.
     pub preload: u64,
-    /// Measure only this concurrency of the append workload's disjoint and
-    /// raw rows (and skip its contended and preloaded rows), for a quick
-    /// look at one figure.
-    pub concurrency: Option<usize>,
+    /// The concurrencies of the append workload's disjoint and raw rows
+    /// (default: 1, 8, 32 and 64).
+    pub concurrency: Option<Vec<usize>>,
 }
 
 /// The default measuring time per variant, in seconds.
@@ -80,7 +79,7 @@ pub enum Command {
 /// The usage text.
 pub fn usage() -> String {
     format!(
-        "usage: dcb-bench <workload> [--seconds N] [--json PATH] [--preload N] [--concurrency N]\n\
+        "usage: dcb-bench <workload> [--seconds N] [--json PATH] [--preload N] [--concurrency N[,N..]]\n\
          \n\
          workloads: {}\n\
          \n\
@@ -90,8 +89,8 @@ pub fn usage() -> String {
          \x20 --preload N   events preloaded for append/preloaded and listener catch-up (default {});\n\
          \x20               also caps the listener projection (200k), queue burn-down (100k jobs)\n\
          \x20               and relay drain (100k); 0 skips the preloaded rows\n\
-         \x20 --concurrency N  append only: measure the disjoint and raw rows at N callers\n\
-         \x20               only (skips the contended and preloaded rows)\n\
+         \x20 --concurrency N[,N..]  append only: the callers of the disjoint and raw rows\n\
+         \x20               (default 1,8,32,64)\n\
          \n\
          The database comes from DATABASE_URL (PostgreSQL 15+). Every run works in fresh\n\
          schemas named bench_<random>... and drops them when it ends. The relay workload\n\
@@ -148,10 +147,13 @@ where
             }
             "--concurrency" => {
                 let v = value("--concurrency")?;
-                concurrency =
-                    Some(v.parse::<usize>().ok().filter(|c| *c > 0).ok_or_else(|| {
-                        format!("--concurrency wants a positive number, got {v:?}")
-                    })?);
+                let list: Result<Vec<usize>, _> = v
+                    .split(',')
+                    .map(|c| c.trim().parse::<usize>().ok().filter(|c| *c > 0).ok_or(()))
+                    .collect();
+                concurrency = Some(list.map_err(|_| {
+                    format!("--concurrency wants positive numbers separated by commas (e.g. 1,8,32), got {v:?}")
+                })?);
             }
             f if f.starts_with('-') => return Err(format!("unknown option {f}")),
             name => {
@@ -207,7 +209,11 @@ mod tests {
         assert_eq!(a.concurrency, None);
         assert_eq!(
             run(&["append", "--concurrency", "32"]).concurrency,
-            Some(32)
+            Some(vec![32])
+        );
+        assert_eq!(
+            run(&["append", "--concurrency", "1,8,32"]).concurrency,
+            Some(vec![1, 8, 32])
         );
     }
 

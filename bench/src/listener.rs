@@ -52,6 +52,8 @@ pub fn throughput_row(
         p99_ms: None,
         baseline_ops_per_s: None,
         ratio: None,
+        cache_hit_rate: None,
+        cache_kib: None,
     }
 }
 
@@ -82,6 +84,8 @@ pub fn latency_row(
         p99_ms: ms(0.99),
         baseline_ops_per_s: None,
         ratio: None,
+        cache_hit_rate: None,
+        cache_kib: None,
     }
 }
 

@@ -28,9 +28,23 @@ pub struct Row {
     pub baseline_ops_per_s: Option<f64>,
     /// `ops_per_s / baseline_ops_per_s`.
     pub ratio: Option<f64>,
+    /// Decisions served by the decision maker's cache of states, over all
+    /// decisions (0..=1).
+    pub cache_hit_rate: Option<f64>,
+    /// The cache's approximate memory at the end of the row, in KiB.
+    pub cache_kib: Option<f64>,
 }
 
 impl Row {
+    /// Records the decision maker's cache figures.
+    pub fn record_cache(&mut self, stats: Option<dcb_core::CacheStats>) {
+        if let Some(stats) = stats {
+            let lookups = stats.hits + stats.misses;
+            self.cache_hit_rate = (lookups > 0).then(|| stats.hits as f64 / lookups as f64);
+            self.cache_kib = Some(stats.approx_bytes as f64 / 1024.0);
+        }
+    }
+
     /// Compares this row with a baseline's ops/s.
     pub fn compare_with(&mut self, baseline_ops_per_s: f64) {
         self.baseline_ops_per_s = Some(baseline_ops_per_s);
@@ -55,8 +69,10 @@ pub fn table(rows: &[Row]) -> String {
         "p99 ms",
         "baseline",
         "ratio",
+        "hit%",
+        "cache KiB",
     ];
-    let cells: Vec<[String; 10]> = rows
+    let cells: Vec<[String; 12]> = rows
         .iter()
         .map(|r| {
             [
@@ -70,6 +86,8 @@ pub fn table(rows: &[Row]) -> String {
                 opt(r.p99_ms, |v| format!("{v:.2}")),
                 opt(r.baseline_ops_per_s, |v| format!("{v:.0}")),
                 opt(r.ratio, |v| format!("{v:.2}")),
+                opt(r.cache_hit_rate, |v| format!("{:.1}", v * 100.0)),
+                opt(r.cache_kib, |v| format!("{v:.0}")),
             ]
         })
         .collect();
@@ -129,6 +147,8 @@ mod tests {
             p99_ms: Some(12.5),
             baseline_ops_per_s: None,
             ratio: None,
+            cache_hit_rate: None,
+            cache_kib: None,
         }
     }
 

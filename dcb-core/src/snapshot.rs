@@ -175,7 +175,7 @@ pub trait Snapshot: SequencedMutate + Clone + Serialize + DeserializeOwned {
 /// # }
 /// use dcb_core::{DecisionState, Snapshot, Snapshotted};
 ///
-/// #[derive(serde::Serialize, serde::Deserialize)]
+/// #[derive(Clone, serde::Serialize, serde::Deserialize)]
 /// struct Ticks { clock: String, count: u64 }
 /// impl StateQuery for Ticks {
 ///     const NAME: &'static str = "Ticks";

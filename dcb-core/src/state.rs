@@ -43,7 +43,7 @@ pub trait StateMutate: StateQuery {
 /// }
 ///
 /// /// Where the product's price last changed.
-/// #[derive(StateQuery)]
+/// #[derive(StateQuery, Clone)]
 /// #[state_query(PriceEvent)]
 /// struct LastChange { #[id] product: String, at: Option<Position> }
 ///

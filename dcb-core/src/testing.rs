@@ -574,7 +574,7 @@ type Outcome<D> = Result<Decided<<D as Decision>::Event>, DecisionError<<D as De
 /// #     fn encode(&self) -> Result<Vec<u8>, CodecError> { match self { Light::SwitchedOn { room } => Ok(room.clone().into_bytes()) } }
 /// #     fn decode(_: &str, p: &[u8]) -> Result<Self, CodecError> { Ok(Light::SwitchedOn { room: String::from_utf8_lossy(p).into() }) }
 /// # }
-/// # struct Lit { room: String, on: bool }
+/// # #[derive(Clone)] struct Lit { room: String, on: bool }
 /// # impl StateQuery for Lit {
 /// #     const NAME: &'static str = "Lit";
 /// #     type Event = Light;

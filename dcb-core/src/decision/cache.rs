@@ -93,6 +93,13 @@ pub struct CacheStats {
     /// Entries brought up to date by reading the events after them (after
     /// a failed condition, or to confirm a decision that appended nothing).
     pub refreshes: u64,
+    /// Decisions on a boundary not in the cache that were decided as if the
+    /// boundary had no events yet (see
+    /// [`DecisionMaker`](crate::DecisionMaker)), and of those, how many
+    /// found events there after all.
+    pub guesses: u64,
+    /// Guesses that found events (each cost one failed append).
+    pub wrong_guesses: u64,
 }
 
 /// The cache: a bounded map, least recently used entries evicted first.
@@ -103,6 +110,18 @@ pub(crate) struct StateCache {
     hits: AtomicU64,
     misses: AtomicU64,
     refreshes: AtomicU64,
+    guesses: Guesses,
+}
+
+/// How often "a boundary not in the cache has no events" was right, per
+/// state type: guessing stops for a state type while it is mostly wrong.
+#[derive(Default)]
+struct Guesses {
+    made: AtomicU64,
+    wrong: AtomicU64,
+    /// Per state type: a score of recent guesses (right +1, wrong -2,
+    /// within -20..=20); guessing goes on while it is not negative.
+    score: Mutex<HashMap<TypeId, i32>>,
 }
 
 impl std::fmt::Debug for StateCache {
@@ -122,7 +141,37 @@ impl StateCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
+            guesses: Guesses::default(),
         }
+    }
+
+    /// Whether a decision over state type `St` missing the cache should be
+    /// decided as if its boundary had no events yet.
+    pub(crate) fn may_guess<St: 'static>(&self) -> bool {
+        let mut score = self.guesses.score.lock().unwrap_or_else(|e| e.into_inner());
+        match score.get_mut(&TypeId::of::<St>()) {
+            Some(value) if *value < 0 => {
+                // Mostly wrong lately: guess no more, but drift back so that
+                // a workload that changes is noticed (about one point per 32
+                // misses).
+                if fastrand::u32(..32) == 0 {
+                    *value += 1;
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Records whether such a guess was right.
+    pub(crate) fn guessed<St: 'static>(&self, right: bool) {
+        self.guesses.made.fetch_add(1, Ordering::Relaxed);
+        if !right {
+            self.guesses.wrong.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut score = self.guesses.score.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = score.entry(TypeId::of::<St>()).or_insert(0);
+        *entry = (*entry + if right { 1 } else { -2 }).clamp(-20, 20);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Entry>> {
@@ -216,6 +265,8 @@ impl StateCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             refreshes: self.refreshes.load(Ordering::Relaxed),
+            guesses: self.guesses.made.load(Ordering::Relaxed),
+            wrong_guesses: self.guesses.wrong.load(Ordering::Relaxed),
         }
     }
 }

@@ -84,8 +84,11 @@ struct View<St, E> {
     /// The `after` of the append condition (at most `state_at`).
     after: Option<Position>,
     /// Whether the state was read just now (rather than taken from the
-    /// cache).
+    /// cache, or guessed).
     fresh: bool,
+    /// Whether the state is the decision's initial one, guessed for a
+    /// boundary not in the cache.
+    guessed: bool,
     /// Events folded by this attempt's reads.
     folded: u64,
     /// The snapshot the state started from, if any.
@@ -103,6 +106,9 @@ struct Plan<'a> {
     state_query: Query,
     /// Where the state is cached, when it may be.
     cache_key: Option<CacheKey>,
+    /// Whether a boundary not in the cache may be guessed to have no
+    /// events yet.
+    may_guess: bool,
 }
 
 impl<S: EventStore> DecisionMaker<S> {
@@ -216,11 +222,18 @@ impl<S: EventStore> DecisionMaker<S> {
                 }
                 _ => None,
             };
-            let plan = Plan {
+            // Guessing is for decisions whose condition covers their whole
+            // state (so a wrong guess fails it) and that look nothing up.
+            let may_guess = cache_key.is_some()
+                && key_tag.is_none()
+                && decision.validation_query().is_none()
+                && self.snapshots.is_none();
+            let mut plan = Plan {
                 key_tag: key_tag.as_ref(),
                 queries,
                 state_query,
                 cache_key,
+                may_guess,
             };
             let mut turn = None;
             let mut attempt = 0u32;
@@ -231,7 +244,10 @@ impl<S: EventStore> DecisionMaker<S> {
                         turn = self.turns.take(key).await;
                     }
                 }
-                match self.attempt(decision, &options, &plan, attempt).await {
+                let outcome = self.attempt(decision, &options, &plan, attempt).await;
+                // One guess per decision: after a wrong one, read.
+                plan.may_guess = false;
+                match outcome {
                     Err(DecisionError::Store(e)) if self.should_retry(&e, attempt, &plan) => {
                         if e.is_condition_failed() {
                             if let Some(key) = &plan.cache_key {
@@ -308,8 +324,23 @@ impl<S: EventStore> DecisionMaker<S> {
         if let Some((key, position)) = &view.snapshot_due {
             self.save_snapshot(&view.state, key, *position).await;
         }
+        if view.guessed {
+            if let Some(cache) = &self.cache {
+                match &outcome {
+                    Ok(decided) if !decided.events.is_empty() => {
+                        cache.guessed::<D::StateQuery>(true)
+                    }
+                    Err(DecisionError::Store(StoreError::ConditionFailed { .. })) => {
+                        cache.guessed::<D::StateQuery>(false)
+                    }
+                    _ => {}
+                }
+            }
+        }
         match &outcome {
-            Err(DecisionError::Store(StoreError::ConditionFailed { .. })) if !view.fresh => {
+            Err(DecisionError::Store(StoreError::ConditionFailed { .. }))
+                if !view.fresh && !view.guessed =>
+            {
                 // The cached state is behind: the next attempt reads what
                 // came after it.
                 if let (Some(cache), Some(key)) = (&self.cache, &plan.cache_key) {
@@ -341,6 +372,7 @@ impl<S: EventStore> DecisionMaker<S> {
                         state_at: position,
                         after: position,
                         fresh: false,
+                        guessed: false,
                         folded: 0,
                         snapshot: None,
                         earlier: Vec::new(),
@@ -352,6 +384,25 @@ impl<S: EventStore> DecisionMaker<S> {
                         Ok(view)
                     };
                 }
+            }
+        }
+        if let (true, Some(cache)) = (plan.may_guess, &self.cache) {
+            if cache.may_guess::<D::StateQuery>() {
+                // A boundary this process has not seen is most often a new
+                // one: decide as if it had no events, under the condition
+                // "nothing matching at all". When it has events, the
+                // condition fails and the next attempt reads them.
+                return Ok(View {
+                    state: decision.state_query(),
+                    state_at: None,
+                    after: None,
+                    fresh: false,
+                    guessed: true,
+                    folded: 0,
+                    snapshot: None,
+                    earlier: Vec::new(),
+                    snapshot_due: None,
+                });
             }
         }
         let view = self.read_state(decision, plan).await?;
@@ -395,6 +446,7 @@ impl<S: EventStore> DecisionMaker<S> {
         view.state_at = head;
         view.after = head;
         view.fresh = true;
+        view.guessed = false;
         view.folded += folded;
         Ok(view)
     }
@@ -475,6 +527,7 @@ impl<S: EventStore> DecisionMaker<S> {
                         state_at: state_head,
                         after: head,
                         fresh: true,
+                        guessed: false,
                         folded,
                         snapshot: Some(from),
                         earlier,
@@ -533,6 +586,7 @@ impl<S: EventStore> DecisionMaker<S> {
             state_at: head,
             after: head,
             fresh: true,
+            guessed: false,
             folded,
             snapshot: None,
             earlier,

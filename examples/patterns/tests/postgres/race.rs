@@ -220,10 +220,13 @@ impl Env {
                 inner: self.stores[index % self.stores.len()].clone(),
                 gate: gate.clone(),
             };
-            let maker = DecisionMaker::new(store).with_retry(RetryPolicy {
-                max_attempts: MAX_ATTEMPTS,
-                ..RetryPolicy::default()
-            });
+            // Every caller reads its state: the harness holds the appends
+            // until all have read, so that they race from the same state.
+            // (The maker's cache of states would let a caller decide
+            // without reading.)
+            let maker = DecisionMaker::new(store)
+                .cache_entries(0)
+                .with_retry(RetryPolicy::default().max_attempts(MAX_ATTEMPTS));
             let caller = f(Racer { index, maker });
             let barrier = barrier.clone();
             tasks.push(tokio::spawn(async move {
