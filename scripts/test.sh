@@ -38,4 +38,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 # Two test binaries at a time on two cores: the concurrency tests start
 # many tasks and connections of their own.
-cargo test --workspace -- --test-threads 4
+cargo test --workspace --no-fail-fast -- --test-threads 4
