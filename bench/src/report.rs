@@ -169,7 +169,7 @@ mod tests {
         assert!(v[1]["events_per_s"].is_null());
         assert!(v[1]["ratio"].is_null());
         let keys: Vec<_> = v[0].as_object().unwrap().keys().cloned().collect();
-        assert_eq!(keys.len(), 10);
+        assert_eq!(keys.len(), 12);
     }
 
     #[test]
