@@ -152,9 +152,7 @@ impl<J: PublishJob> PublishProcessor<J> {
         }
     }
 
-    fn deliveries(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(JobId, u32), (Instant, Delivered)>> {
+    fn deliveries(&self) -> std::sync::MutexGuard<'_, HashMap<(JobId, u32), (Instant, Delivered)>> {
         self.delivered.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -286,11 +286,7 @@ impl EventRelay {
 
     /// The message the relay publishes for `event` on `route` (for tests,
     /// and for applications that publish events themselves).
-    pub fn message_for(
-        &self,
-        route: &Route,
-        event: &SequencedEvent,
-    ) -> OutgoingMessage {
+    pub fn message_for(&self, route: &Route, event: &SequencedEvent) -> OutgoingMessage {
         headers::outgoing(
             route,
             self.key_tag.as_deref(),
@@ -446,7 +442,11 @@ impl RelayHandle {
     ///
     /// # Errors
     /// [`KafkaError::TimedOut`] naming where the relay is; database errors.
-    pub async fn wait_until(&self, position: Position, timeout: Duration) -> Result<(), KafkaError> {
+    pub async fn wait_until(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut acked = self.shared.acked.subscribe();
         let mut next_db_check = tokio::time::Instant::now();

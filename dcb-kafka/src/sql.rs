@@ -62,14 +62,18 @@ mod tests {
         // The first two steps were released as inline strings; moving them
         // to files must not change a byte.
         assert!(STEPS[0].starts_with("\nCREATE TABLE IF NOT EXISTS {schema}.kafka_dead_messages ("));
-        assert!(STEPS[1].starts_with("\nALTER TABLE {schema}.kafka_dead_messages ADD COLUMN record_key text;"));
+        assert!(STEPS[1]
+            .starts_with("\nALTER TABLE {schema}.kafka_dead_messages ADD COLUMN record_key text;"));
         assert!(STEPS[1].ends_with("ADD PRIMARY KEY (group_id, record_key);\n"));
     }
 
     #[test]
     fn nul_is_escaped_and_other_text_kept() {
         assert_eq!(storable_text("a\0b\0"), "a\\u0000b\\u0000");
-        assert!(matches!(storable_text("plain ü"), std::borrow::Cow::Borrowed("plain ü")));
+        assert!(matches!(
+            storable_text("plain ü"),
+            std::borrow::Cow::Borrowed("plain ü")
+        ));
     }
 
     #[test]

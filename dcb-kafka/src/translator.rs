@@ -141,7 +141,6 @@ fn write_optional(hash: &mut Fnv1a, bytes: Option<&[u8]>) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

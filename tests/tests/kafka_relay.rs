@@ -83,7 +83,7 @@ async fn relay_publishes_matching_events_in_position_order_with_headers() {
     assert_eq!(status.failures, 0, "{status:?}");
 
     let expected: Vec<usize> = (0..20).filter(|n| n % 3 != 0).collect();
-    let received = read_to_end(&brokers, &topic);
+    let received = read_to_end(&brokers, &topic).await;
     assert_eq!(received.len(), expected.len(), "each event exactly once");
     for (message, n) in received.iter().zip(&expected) {
         let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
@@ -94,7 +94,11 @@ async fn relay_publishes_matching_events_in_position_order_with_headers() {
         uuid::Uuid::parse_str(message.header(HEADER_EVENT_ID).unwrap()).unwrap();
         let tags: Vec<String> = serde_json::from_str(message.header(HEADER_TAGS).unwrap()).unwrap();
         assert_eq!(tags, vec![format!("k:c{}", n % 2), format!("n:{n}")]);
-        assert_eq!(message.header(HEADER_CE_ID), None, "no CloudEvents unless asked");
+        assert_eq!(
+            message.header(HEADER_CE_ID),
+            None,
+            "no CloudEvents unless asked"
+        );
     }
     db.cleanup().await;
 }
@@ -148,7 +152,7 @@ async fn concurrent_writers_nothing_skipped_nothing_twice_per_key_order_kept() {
     relay.shutdown().await;
     assert_eq!(status.failures, 0, "{status:?}");
 
-    let received = read_to_end(&brokers, &topic);
+    let received = read_to_end(&brokers, &topic).await;
     let (distinct, copies) = first_copies_in_position_order(&received);
     assert_eq!(copies, 0, "an event was published twice without a failure");
     assert_eq!(distinct, WRITERS * EACH, "an event was skipped");
@@ -157,7 +161,10 @@ async fn concurrent_writers_nothing_skipped_nothing_twice_per_key_order_kept() {
     // Each key stays on one partition.
     let mut partition_of: HashMap<Option<String>, i32> = HashMap::new();
     for m in &received {
-        assert_eq!(*partition_of.entry(m.key.clone()).or_insert(m.partition), m.partition);
+        assert_eq!(
+            *partition_of.entry(m.key.clone()).or_insert(m.partition),
+            m.partition
+        );
     }
     db.cleanup().await;
 }
@@ -202,8 +209,8 @@ async fn a_router_feeds_several_topics_in_one_pass_with_cloud_events_headers() {
     wait_published(&relay, &store).await;
     relay.shutdown().await;
 
-    let on_items = read_to_end(&brokers, &items);
-    let on_orders = read_to_end(&brokers, &orders);
+    let on_items = read_to_end(&brokers, &items).await;
+    let on_orders = read_to_end(&brokers, &orders).await;
     let positions = |ms: &[Received]| ms.iter().map(|m| m.position()).collect::<Vec<_>>();
     assert_eq!(positions(&on_items), vec![1, 2, 4]);
     assert_eq!(positions(&on_orders), vec![2]);
@@ -254,7 +261,7 @@ async fn two_instances_of_one_relay_publish_each_event_once() {
         "exactly one instance leads: a {sa:?}, b {sb:?}"
     );
     assert_eq!(sa.published + sb.published, 400, "a {sa:?}, b {sb:?}");
-    let received = read_to_end(&brokers, &topic);
+    let received = read_to_end(&brokers, &topic).await;
     let (distinct, copies) = first_copies_in_position_order(&received);
     assert_eq!((distinct, copies), (400, 0));
     db.cleanup().await;
@@ -282,24 +289,28 @@ async fn a_relay_killed_midway_is_taken_over_and_nothing_is_lost() {
             .collect();
         store.append(events, None).await.unwrap();
     }
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_relay_child"))
-        .args([db.url(), &brokers, "killed", &topic, "child", "1000"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn relay_child");
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_relay_child"))
+            .args([db.url(), &brokers, "killed", &topic, "child", "1000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn relay_child"),
+    );
     // Kill it once it has checkpointed part of the backlog, not all of it.
     let pool = db.pool().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let at_kill = loop {
-        let position: Option<i64> =
+        // The table exists once the child migrated.
+        let position: i64 =
             sqlx::query_scalar("SELECT position FROM dcb.kafka_relays WHERE relay_id = 'killed'")
                 .fetch_optional(&pool)
                 .await
-                .unwrap();
-        let position = position.unwrap_or(0);
+                .ok()
+                .flatten()
+                .unwrap_or(0);
         if position >= 2_000 {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            child.0.kill().unwrap();
+            child.0.wait().unwrap();
             break position;
         }
         assert!(
@@ -321,7 +332,7 @@ async fn a_relay_killed_midway_is_taken_over_and_nothing_is_lost() {
     wait_published(&relay, &store).await;
     relay.shutdown().await;
 
-    let received = read_to_end(&brokers, &topic);
+    let received = read_to_end(&brokers, &topic).await;
     let (distinct, copies) = first_copies_in_position_order(&received);
     assert_eq!(distinct, EVENTS, "an event was lost");
     let config = RelayConfig::default();
@@ -331,6 +342,16 @@ async fn a_relay_killed_midway_is_taken_over_and_nothing_is_lost() {
     );
     eprintln!("killed at checkpoint {at_kill}: {copies} events published twice");
     db.cleanup().await;
+}
+
+/// Kills the child process when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A relay of an earlier version kept its checkpoint in the listener
@@ -343,7 +364,10 @@ async fn the_checkpoint_of_the_listener_based_relay_is_carried_over() {
     let topic = unique("dcb-relay-legacy");
     create_topic(&brokers, &topic, 1).await;
     for n in 0..10 {
-        store.append(vec![record("Tick", "k", n)], None).await.unwrap();
+        store
+            .append(vec![record("Tick", "k", n)], None)
+            .await
+            .unwrap();
     }
     sqlx::raw_sql(
         "CREATE TABLE dcb.listener_checkpoints (listener_id text PRIMARY KEY, position bigint NOT NULL); \
@@ -360,6 +384,7 @@ async fn the_checkpoint_of_the_listener_based_relay_is_carried_over() {
     wait_published(&relay, &store).await;
     relay.shutdown().await;
     let positions: Vec<u64> = read_to_end(&brokers, &topic)
+        .await
         .iter()
         .map(|m| m.position())
         .collect();

@@ -71,16 +71,22 @@ impl Received {
     }
 }
 
-/// Every message of `topic` up to each partition's end as it is now (call
-/// it after the producers stopped), in each partition's order.
-pub fn read_to_end(brokers: &str, topic: &str) -> Vec<Received> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// The header marking the end-of-topic sentinels of [`read_to_end`].
+const SENTINEL: &str = "test-sentinel";
+
+/// Every message of `topic` (in each partition's order) written before this
+/// call: call it once the producers stopped. A sentinel message is written to
+/// each partition and the partition is read up to it (tansu's high
+/// watermarks are not exact, so they cannot say where a partition ends).
+pub async fn read_to_end(brokers: &str, topic: &str) -> Vec<Received> {
+    use dcb_kafka::rdkafka::message::{Header, OwnedHeaders};
+    use dcb_kafka::rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", unique("dcb-check"))
-        .set("enable.auto.commit", "false")
         .create()
-        .expect("a consumer");
-    let metadata = consumer
+        .expect("a producer");
+    let metadata = producer
+        .client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("topic metadata");
     let partitions: Vec<i32> = metadata
@@ -91,26 +97,52 @@ pub fn read_to_end(brokers: &str, topic: &str) -> Vec<Received> {
         .collect();
     assert!(!partitions.is_empty(), "topic {topic} has no partition");
     let mut ends = std::collections::HashMap::new();
-    let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        if high > low {
-            ends.insert(p, high);
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
+        let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
+            .partition(p)
+            .payload("")
+            .headers(OwnedHeaders::new().insert(Header {
+                key: SENTINEL,
+                value: Some("1"),
+            }));
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("write a sentinel");
+        ends.insert(p, delivery.offset);
     }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return out;
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_up_to(&brokers, &topic, &ends))
+        .await
+        .expect("reading the topic")
+}
+
+fn read_up_to(
+    brokers: &str,
+    topic: &str,
+    ends: &std::collections::HashMap<i32, i64>,
+) -> Vec<Received> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("dcb-check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut assignment = TopicPartitionList::new();
+    for &p in ends.keys() {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).expect("assign");
+    let mut out = Vec::new();
     let mut next: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while ends.iter().any(|(p, end)| next.get(p).copied().unwrap_or(0) < *end) {
+    while ends
+        .iter()
+        .any(|(p, end)| next.get(p).copied().unwrap_or(0) <= *end)
+    {
         assert!(
             Instant::now() < deadline,
             "topic {topic} not read to its end within 120 s: at {next:?} of {ends:?}"
@@ -120,7 +152,7 @@ pub fn read_to_end(brokers: &str, topic: &str) -> Vec<Received> {
         };
         let m = result.expect("consume");
         next.insert(m.partition(), m.offset() + 1);
-        let headers = m
+        let headers: Vec<(String, String)> = m
             .headers()
             .map(|h| {
                 h.iter()
@@ -133,6 +165,9 @@ pub fn read_to_end(brokers: &str, topic: &str) -> Vec<Received> {
                     .collect()
             })
             .unwrap_or_default();
+        if headers.iter().any(|(k, _)| k == SENTINEL) {
+            continue;
+        }
         out.push(Received {
             partition: m.partition(),
             offset: m.offset(),

@@ -141,7 +141,10 @@ mod tests {
         let e = event();
         let m = outgoing(&Route::new(Query::all(), "t"), None, Some("urn:test"), &e);
         assert_eq!(header(&m, HEADER_CE_SPECVERSION).as_deref(), Some("1.0"));
-        assert_eq!(header(&m, HEADER_CE_ID), Some(e.record.metadata.event_id.to_string()));
+        assert_eq!(
+            header(&m, HEADER_CE_ID),
+            Some(e.record.metadata.event_id.to_string())
+        );
         assert_eq!(header(&m, HEADER_CE_TYPE).as_deref(), Some("ItemAdded"));
         assert_eq!(header(&m, HEADER_CE_SOURCE).as_deref(), Some("urn:test"));
         assert_eq!(

@@ -197,7 +197,9 @@ async fn lead(
         // Send what was read, in order, while there is room.
         if draining.is_none() {
             while pipeline.len() < config.max_in_flight {
-                let Some(item) = buffer.pop_front() else { break };
+                let Some(item) = buffer.pop_front() else {
+                    break;
+                };
                 let ack: Ack = match item {
                     Item::Covered(p) => futures::future::ready((p, Ok(0))).boxed(),
                     Item::Event(event) => {
@@ -230,7 +232,15 @@ async fn lead(
         {
             backlog = false;
             read_again_at = None;
-            reading = Some(read(shared.store.clone(), shared.read_query.clone(), read_from, config.batch_size).boxed());
+            reading = Some(
+                read(
+                    shared.store.clone(),
+                    shared.read_query.clone(),
+                    read_from,
+                    config.batch_size,
+                )
+                .boxed(),
+            );
         }
         // Write the checkpoint when enough was acknowledged (or on the timer
         // below).
@@ -251,8 +261,8 @@ async fn lead(
             }
         }
         let oldest = sent_at.front().copied();
-        let write_due = (acked > written && writing.is_none())
-            .then(|| last_write + config.checkpoint_interval);
+        let write_due =
+            (acked > written && writing.is_none()).then(|| last_write + config.checkpoint_interval);
         tokio::select! {
             biased;
             Some((covered, result)) = pipeline.next(), if !pipeline.is_empty() => {

@@ -61,7 +61,8 @@ impl Slot {
             Ok(p) => p,
             Err(error) => {
                 tracing::error!(%error, "cannot create a new producer; keeping the old one");
-                self.current().purge(PurgeConfig::default().queue().inflight());
+                self.current()
+                    .purge(PurgeConfig::default().queue().inflight());
                 return;
             }
         };

@@ -102,9 +102,9 @@ impl RelayTable {
     /// earlier version (a listener of the listener runner) left off.
     pub(crate) async fn ensure(&self, relay: &str) -> Result<(), sqlx::Error> {
         let exists: Option<i64> = sqlx::query_scalar(&self.position)
-        .bind(relay)
-        .fetch_optional(&self.pool)
-        .await?;
+            .bind(relay)
+            .fetch_optional(&self.pool)
+            .await?;
         if exists.is_some() {
             return Ok(());
         }

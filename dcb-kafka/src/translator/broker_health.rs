@@ -393,5 +393,4 @@ impl BrokerHealth {
         self.orphans.rejoined = Some(std::time::Instant::now());
         self.counters.rejoins.fetch_add(1, Ordering::Relaxed);
     }
-
 }

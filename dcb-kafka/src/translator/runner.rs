@@ -20,7 +20,6 @@ use super::Translator;
 use crate::message::DeadMessage;
 use crate::{check_reachable, sql, Backoff, KafkaConfig, KafkaError};
 
-
 /// Counters of a running translator group (this instance only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TranslatorStats {
@@ -380,4 +379,3 @@ pub async fn dead_messages(
 ) -> Result<Vec<DeadMessage>, KafkaError> {
     Ok(sql::dead_records::select(pool, schema, group_id, limit).await?)
 }
-

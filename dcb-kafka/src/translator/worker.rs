@@ -308,9 +308,12 @@ async fn process(
                 return true;
             }
             Outcome::Retry(reason) if refused + 1 >= context.dead_after => {
-                match record_dead(context, &message, DeadKind::Failed, &format!(
-                    "refused {} times: {reason}", refused + 1
-                ))
+                match record_dead(
+                    context,
+                    &message,
+                    DeadKind::Failed,
+                    &format!("refused {} times: {reason}", refused + 1),
+                )
                 .await
                 {
                     Ok(()) => return true,
@@ -321,10 +324,12 @@ async fn process(
                 refused += 1;
                 reason
             }
-            Outcome::Dead(kind, reason) => match record_dead(context, &message, kind, &reason).await {
-                Ok(()) => return true,
-                Err(e) => e,
-            },
+            Outcome::Dead(kind, reason) => {
+                match record_dead(context, &message, kind, &reason).await {
+                    Ok(()) => return true,
+                    Err(e) => e,
+                }
+            }
             Outcome::Wait(reason) => reason,
         };
         counters.retries.fetch_add(1, Ordering::Relaxed);

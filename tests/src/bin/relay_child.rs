@@ -22,7 +22,9 @@ async fn main() {
         std::process::exit(2);
     };
     let lease = Duration::from_millis(lease_ms.parse().expect("lease-ms is a number"));
-    let store = PgEventStore::connect(url).await.expect("connect to the store");
+    let store = PgEventStore::connect(url)
+        .await
+        .expect("connect to the store");
     let _relay = EventRelay::new(relay.as_str(), KafkaConfig::new(brokers.as_str()))
         .route(Route::new(Query::all(), topic.as_str()).key_tag("k"))
         .config(
