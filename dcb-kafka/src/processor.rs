@@ -225,18 +225,11 @@ impl<J: PublishJob> Processor for PublishProcessor<J> {
 }
 
 fn job_error(error: KafkaError) -> JobError {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    let permanent = match &error {
-        KafkaError::Delivery { source, .. } => matches!(
-            source.rdkafka_error_code(),
-            Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::InvalidRecord)
-        ),
-        KafkaError::Config(_) => true,
-        _ => false,
-    };
-    if permanent {
-        JobError::permanent(error)
-    } else {
+    // A message the broker can never take, or a refused configuration: no
+    // retry helps.
+    if error.is_retryable() {
         JobError::retryable(error)
+    } else {
+        JobError::permanent(error)
     }
 }

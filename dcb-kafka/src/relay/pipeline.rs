@@ -265,16 +265,33 @@ async fn lead(
             (acked > written && writing.is_none()).then(|| last_write + config.checkpoint_interval);
         tokio::select! {
             biased;
-            Some((covered, result)) = pipeline.next(), if !pipeline.is_empty() => {
-                sent_at.pop_front();
-                match result {
-                    Ok(messages) => {
-                        acked = covered;
-                        shared.published.fetch_add(messages as u64, Ordering::Relaxed);
-                        shared.acked.send_replace(acked);
-                        *failures_in_a_row = 0;
+            Some(first) = pipeline.next(), if !pipeline.is_empty() => {
+                // Take every acknowledgement already in, not one per turn of
+                // the loop.
+                let mut next = Some(first);
+                let mut published = 0;
+                let mut failed = None;
+                while let Some((covered, result)) = next.take() {
+                    sent_at.pop_front();
+                    match result {
+                        Ok(messages) => {
+                            acked = covered;
+                            published += messages as u64;
+                        }
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
+                        }
                     }
-                    Err(error) => break LeadEnd::Failed(error),
+                    next = pipeline.next().now_or_never().flatten();
+                }
+                if published > 0 {
+                    shared.published.fetch_add(published, Ordering::Relaxed);
+                    shared.acked.send_replace(acked);
+                    *failures_in_a_row = 0;
+                }
+                if let Some(error) = failed {
+                    break LeadEnd::Failed(error);
                 }
             }
             Some(done) = maybe(&mut writing) => {

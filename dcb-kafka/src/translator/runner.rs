@@ -379,3 +379,16 @@ pub async fn dead_messages(
 ) -> Result<Vec<DeadMessage>, KafkaError> {
     Ok(sql::dead_records::select(pool, schema, group_id, limit).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn dead_messages_refuses_a_schema_that_is_not_an_identifier() {
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let error = super::dead_messages(&pool, "dcb; DROP TABLE x", "g", 10)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("invalid schema name"), "{error}");
+        assert!(!error.is_retryable());
+    }
+}

@@ -291,7 +291,19 @@ async fn process(
     let mut refused = 0u32;
     loop {
         attempt += 1;
-        let outcome = translator.handle(&context.maker, &message).await;
+        // A translator or decision that panics on this message would do so
+        // every time: the message is dead, not the runner.
+        let outcome = std::panic::AssertUnwindSafe(translator.handle(&context.maker, &message))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                Outcome::Dead(DeadKind::Failed, format!("the translator panicked: {text}"))
+            });
         let reason = match outcome {
             Outcome::Decided { appended, replayed } => {
                 let counter = if replayed {
