@@ -207,7 +207,10 @@ impl TranslatorRunner {
 
     /// After this many attempts refused by the database (at least 1), a
     /// message is recorded as dead (kind [`DeadKind::Failed`](crate::DeadKind::Failed))
-    /// and its key moves on. Default 8. Outages and conflicts are waited out
+    /// and its key moves on. Default 8. Every attempt after the first refusal
+    /// runs alone (no other decision of this runner at the same time), so a
+    /// refusal caused by another message's data in a shared append batch
+    /// does not count against this one. Outages and conflicts are waited out
     /// however long they last, and do not count.
     pub fn dead_after(mut self, attempts: u32) -> Self {
         self.dead_after = attempts.max(1);
@@ -284,6 +287,7 @@ impl TranslatorRunner {
             backoff: self.backoff,
             dead_after: self.dead_after,
             counters: counters.clone(),
+            isolation: tokio::sync::RwLock::new(()),
         });
         let worker = Worker::new(
             consumer,

@@ -34,6 +34,12 @@ pub(super) struct Context {
     pub(super) backoff: Backoff,
     pub(super) dead_after: u32,
     pub(super) counters: Arc<Counters>,
+    /// Decisions take it shared; a decision the database refused before is
+    /// tried again holding it alone, so that its next attempt shares no
+    /// append batch with this runner's other decisions: the store may send
+    /// concurrent appends to the database together, and a refusal caused by
+    /// a neighbour's data must not count against an innocent message.
+    pub(super) isolation: tokio::sync::RwLock<()>,
 }
 
 /// The messages decided one after the other: one key of one partition.
@@ -293,6 +299,13 @@ async fn process(
         attempt += 1;
         // A translator or decision that panics on this message would do so
         // every time: the message is dead, not the runner.
+        let _isolated;
+        let _shared;
+        if refused > 0 {
+            _isolated = context.isolation.write().await;
+        } else {
+            _shared = context.isolation.read().await;
+        }
         let outcome = std::panic::AssertUnwindSafe(translator.handle(&context.maker, &message))
             .catch_unwind()
             .await
