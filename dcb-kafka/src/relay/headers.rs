@@ -35,10 +35,12 @@ pub(crate) fn key<'e>(key_tag: Option<&str>, event: &'e SequencedEvent) -> Optio
         .map(|t| t.value())
 }
 
-/// Calls `header` with each header of `event`, in order.
+/// Calls `header` with each header of `event`, in order (`scratch` is
+/// working space, reused from one event to the next).
 pub(crate) fn each_header(
     cloud_events: Option<&str>,
     event: &SequencedEvent,
+    scratch: &mut Vec<u8>,
     mut header: impl FnMut(&'static str, &[u8]),
 ) {
     let mut id = uuid::Uuid::encode_buffer();
@@ -51,12 +53,23 @@ pub(crate) fn each_header(
     let event_type = event.record.event_type.as_str();
     header(HEADER_EVENT_ID, id.as_bytes());
     header(HEADER_EVENT_TYPE, event_type.as_bytes());
-    header(HEADER_POSITION, event.position.0.to_string().as_bytes());
-    let tags: Vec<&str> = event.record.tags.iter().map(|t| t.as_str()).collect();
-    header(
-        HEADER_TAGS,
-        &serde_json::to_vec(&tags).unwrap_or_else(|_| b"[]".to_vec()),
-    );
+    let mut position = [0u8; 20];
+    let digits = {
+        use std::io::Write;
+        let mut rest = &mut position[..];
+        let _ = write!(rest, "{}", event.position.0);
+        20 - rest.len()
+    };
+    header(HEADER_POSITION, &position[..digits]);
+    scratch.clear();
+    let tags = event.record.tags.iter().map(|t| t.as_str());
+    let written =
+        serde::Serializer::collect_seq(&mut serde_json::Serializer::new(&mut *scratch), tags);
+    if written.is_err() {
+        scratch.clear();
+        scratch.extend_from_slice(b"[]");
+    }
+    header(HEADER_TAGS, scratch);
     if let Some(source) = cloud_events {
         header(HEADER_CE_SPECVERSION, b"1.0");
         header(HEADER_CE_ID, id.as_bytes());
@@ -80,7 +93,7 @@ pub(crate) fn outgoing(
     if let Some(k) = key(route.key_tag.as_deref().or(default_key_tag), event) {
         message = message.key(k);
     }
-    each_header(cloud_events, event, |name, value| {
+    each_header(cloud_events, event, &mut Vec::new(), |name, value| {
         message.headers.push((name.to_owned(), value.to_vec()));
     });
     message

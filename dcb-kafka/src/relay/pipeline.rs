@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use dcb_core::{EventStore, Position, Query, ReadOptions, SequencedEvent, StoreError};
 use dcb_postgres::PgEventStore;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -84,9 +88,64 @@ impl Lease {
     }
 }
 
-/// One entry of the pipeline: what the log is covered up to once it (and
-/// everything before it) is acknowledged.
-type Ack = BoxFuture<'static, (u64, Result<usize, KafkaError>)>;
+/// One entry of the pipeline; resolves, once the broker answered for each of
+/// its messages, to the position the log is covered up to with it (and
+/// everything before it) and the number of messages, or the first failure
+/// with the index of its route.
+enum Ack {
+    /// The log is read up to here (positions without a matching event).
+    Covered(u64),
+    /// An event's messages, one per route it matched.
+    Event {
+        position: u64,
+        messages: usize,
+        first: Option<(usize, DeliveryFuture)>,
+        rest: Vec<(usize, DeliveryFuture)>,
+    },
+}
+
+type Acked = (u64, Result<usize, (usize, rdkafka::error::KafkaError)>);
+
+impl Future for Ack {
+    type Output = Acked;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Acked> {
+        let (position, messages, first, rest) = match &mut *self {
+            Ack::Covered(p) => return Poll::Ready((*p, Ok(0))),
+            Ack::Event {
+                position,
+                messages,
+                first,
+                rest,
+            } => (*position, *messages, first, rest),
+        };
+        let answered =
+            |delivery: &mut DeliveryFuture, cx: &mut Context<'_>| match Pin::new(delivery).poll(cx)
+            {
+                Poll::Pending => None,
+                Poll::Ready(Ok(Ok(_))) => Some(Ok(())),
+                Poll::Ready(Ok(Err((e, _)))) => Some(Err(e)),
+                Poll::Ready(Err(_)) => Some(Err(rdkafka::error::KafkaError::Canceled)),
+            };
+        if let Some((route, delivery)) = first {
+            match answered(delivery, cx) {
+                None => return Poll::Pending,
+                Some(Err(e)) => return Poll::Ready((position, Err((*route, e)))),
+                Some(Ok(())) => *first = None,
+            }
+        }
+        while let Some((route, delivery)) = rest.last_mut() {
+            match answered(delivery, cx) {
+                None => return Poll::Pending,
+                Some(Err(e)) => return Poll::Ready((position, Err((*route, e)))),
+                Some(Ok(())) => {
+                    rest.pop();
+                }
+            }
+        }
+        Poll::Ready((position, Ok(messages)))
+    }
+}
 
 /// A checkpoint write: the position written, when the request was sent,
 /// and whether the lease was still ours.
@@ -179,6 +238,7 @@ async fn lead(
     let mut pipeline: FuturesOrdered<Ack> = FuturesOrdered::new();
     let mut sent_at: VecDeque<Instant> = VecDeque::new();
     let mut buffer: VecDeque<Item> = VecDeque::new();
+    let mut scratch = Vec::new();
     let mut read_from = start;
     let mut acked = start;
     let mut written = start;
@@ -200,15 +260,14 @@ async fn lead(
                 let Some(item) = buffer.pop_front() else {
                     break;
                 };
-                let ack: Ack = match item {
-                    Item::Covered(p) => futures::future::ready((p, Ok(0))).boxed(),
+                let ack = match item {
+                    Item::Covered(p) => Ack::Covered(p),
                     Item::Event(event) => {
                         if !lease.is_valid() {
                             break;
                         }
-                        let position = event.position.0;
-                        match send(shared, &producer, &event) {
-                            Ok(delivered) => delivered.map(move |r| (position, r)).boxed(),
+                        match send(shared, &producer, &event, &mut scratch) {
+                            Ok(ack) => ack,
                             Err(error) => {
                                 return stop(shared, owner, acked, written, LeadEnd::Failed(error))
                                     .await;
@@ -232,13 +291,21 @@ async fn lead(
         {
             backlog = false;
             read_again_at = None;
+            // On a task of its own: decoding a batch runs beside the sends.
+            let reader = tokio::spawn(read(
+                shared.store.clone(),
+                shared.read_query.clone(),
+                read_from,
+                config.batch_size,
+            ));
             reading = Some(
-                read(
-                    shared.store.clone(),
-                    shared.read_query.clone(),
-                    read_from,
-                    config.batch_size,
-                )
+                async move {
+                    reader.await.unwrap_or_else(|e| {
+                        Err(StoreError::Backend {
+                            source: format!("the read task failed: {e}").into(),
+                        })
+                    })
+                }
                 .boxed(),
             );
         }
@@ -278,8 +345,11 @@ async fn lead(
                             acked = covered;
                             published += messages as u64;
                         }
-                        Err(error) => {
-                            failed = Some(error);
+                        Err((route, source)) => {
+                            failed = Some(KafkaError::Delivery {
+                                topic: shared.routes[route].topic.clone(),
+                                source,
+                            });
                             break;
                         }
                     }
@@ -396,15 +466,17 @@ async fn stop(shared: &Shared, owner: &str, acked: u64, written: u64, end: LeadE
     end
 }
 
-/// Hands `event` to the producer for each route it matches; the future
-/// resolves to the number of messages once every one is acknowledged.
+/// Hands `event` to the producer for each route it matches.
 fn send(
     shared: &Shared,
     producer: &FutureProducer,
     event: &SequencedEvent,
-) -> Result<BoxFuture<'static, Result<usize, KafkaError>>, KafkaError> {
-    let mut deliveries = Vec::with_capacity(1);
-    for route in &shared.routes {
+    scratch: &mut Vec<u8>,
+) -> Result<Ack, KafkaError> {
+    let mut first = None;
+    let mut rest = Vec::new();
+    let mut messages = 0;
+    for (index, route) in shared.routes.iter().enumerate() {
         if !route
             .query
             .matches(event.record.event_type.as_str(), &event.record.tags)
@@ -412,12 +484,17 @@ fn send(
             continue;
         }
         let mut owned = OwnedHeaders::new_with_capacity(9);
-        headers::each_header(shared.cloud_events.as_deref(), event, |key, value| {
-            owned = std::mem::take(&mut owned).insert(Header {
-                key,
-                value: Some(value),
-            });
-        });
+        headers::each_header(
+            shared.cloud_events.as_deref(),
+            event,
+            scratch,
+            |key, value| {
+                owned = std::mem::take(&mut owned).insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            },
+        );
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&route.topic)
             .payload(event.record.payload.as_slice())
             .headers(owned);
@@ -425,7 +502,8 @@ fn send(
             record = record.key(key);
         }
         match producer.send_result(record) {
-            Ok(delivery) => deliveries.push((route.topic.clone(), delivery)),
+            Ok(delivery) if first.is_none() => first = Some((index, delivery)),
+            Ok(delivery) => rest.push((index, delivery)),
             Err((source, _)) => {
                 return Err(KafkaError::Delivery {
                     topic: route.topic.clone(),
@@ -433,24 +511,14 @@ fn send(
                 })
             }
         }
+        messages += 1;
     }
-    Ok(async move {
-        let n = deliveries.len();
-        for (topic, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => return Err(KafkaError::Delivery { topic, source }),
-                Err(_) => {
-                    return Err(KafkaError::Delivery {
-                        topic,
-                        source: rdkafka::error::KafkaError::Canceled,
-                    })
-                }
-            }
-        }
-        Ok(n)
-    }
-    .boxed())
+    Ok(Ack::Event {
+        position: event.position.0,
+        messages,
+        first,
+        rest,
+    })
 }
 
 /// Reads up to `limit` matching events after `after`.
