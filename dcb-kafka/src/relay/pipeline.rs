@@ -423,7 +423,7 @@ async fn lead(
                 }
             }
             _ = sleep_until(write_due) => {}
-            _ = sleep_until(read_again_at) => {}
+            _ = sleep_until(read_again_at.filter(|at| *at > Instant::now())) => {}
             _ = wake.changed() => backlog = true,
             _ = tokio::time::sleep_until(poll_at) => {
                 poll_at = Instant::now() + config.poll_interval;
@@ -432,7 +432,7 @@ async fn lead(
             _ = shutdown.changed(), if draining.is_none() => {
                 draining = Some(Instant::now() + config.send_timeout);
             }
-            _ = sleep_until(draining), if !pipeline.is_empty() => {}
+            _ = sleep_until(draining.filter(|at| *at > Instant::now())), if !pipeline.is_empty() => {}
         }
     };
     stop(shared, owner, acked, written, end).await
