@@ -59,6 +59,8 @@ pub const PUBLISH_CONCURRENCY: usize = 64;
 pub const PUBLISH_RATE: u32 = 500;
 /// Messages the translator decides on.
 pub const TRANSLATOR_MESSAGES: u64 = 20_000;
+/// Messages of the one-at-a-time baseline.
+pub const TRANSLATOR_SEQUENTIAL_MESSAGES: u64 = 3_000;
 /// Distinct keys among them (one partition).
 pub const TRANSLATOR_KEYS: u64 = 1_000;
 const RELAY_ID: &str = "bench-relay";
@@ -612,12 +614,17 @@ async fn translate_once(
     topic: &str,
     group: &str,
     messages: u64,
+    max_in_flight: Option<usize>,
 ) -> Result<(Duration, dcb_kafka::TranslatorStats), String> {
     let t0 = Instant::now();
-    let runner = TranslatorRunner::new(KafkaConfig::new(brokers), group, store.clone())
-        .add(Credits {
+    let mut runner =
+        TranslatorRunner::new(KafkaConfig::new(brokers), group, store.clone()).add(Credits {
             topic: topic.to_owned(),
-        })
+        });
+    if let Some(n) = max_in_flight {
+        runner = runner.max_in_flight(n);
+    }
+    let runner = runner
         .start()
         .await
         .map_err(|e| format!("start the translator: {e}"))?;
@@ -635,23 +642,18 @@ async fn translate_once(
     Ok((elapsed, stats))
 }
 
-/// (5) Messages into decisions from one translator instance, then a replay.
-async fn translate(db: &Db, store: &PgEventStore, brokers: &str) -> Result<Vec<Row>, String> {
-    let topic = topic_name(db, "credits");
-    create_topic(brokers, &topic).await?;
-    say(&format!(
-        "relay: producing {TRANSLATOR_MESSAGES} messages over {TRANSLATOR_KEYS} keys to {topic}"
-    ));
+/// Produces `messages` credits over [`TRANSLATOR_KEYS`] keys to `topic`.
+async fn produce_credits(brokers: &str, topic: &str, messages: u64) -> Result<(), String> {
     let producer = raw_producer(brokers)?;
     let mut in_flight = FuturesUnordered::new();
-    for i in 0..TRANSLATOR_MESSAGES {
+    for i in 0..messages {
         let account = format!("acc-{}", i % TRANSLATOR_KEYS);
         let payload = serde_json::to_vec(&Credited {
             account: account.clone(),
             amount: i + 1,
         })
         .map_err(|e| e.to_string())?;
-        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
             .key(account.as_str())
             .payload(payload.as_slice());
         in_flight.push(
@@ -666,13 +668,51 @@ async fn translate(db: &Db, store: &PgEventStore, brokers: &str) -> Result<Vec<R
     while let Some(d) = in_flight.next().await {
         ack(Some(d))?;
     }
+    Ok(())
+}
 
-    say("relay: translating them into decisions (one instance)");
+/// (5) Messages into decisions from one translator instance, one message at
+/// a time (the baseline) and with keys in parallel (the default), then a
+/// replay.
+async fn translate(db: &Db, store: &PgEventStore, brokers: &str) -> Result<Vec<Row>, String> {
+    let topic = topic_name(db, "credits");
+    create_topic(brokers, &topic).await?;
+    say(&format!(
+        "relay: producing {TRANSLATOR_MESSAGES} messages over {TRANSLATOR_KEYS} keys to {topic}"
+    ));
+    produce_credits(brokers, &topic, TRANSLATOR_MESSAGES).await?;
+
+    let sequential_topic = topic_name(db, "credits-one-at-a-time");
+    create_topic(brokers, &sequential_topic).await?;
+    produce_credits(brokers, &sequential_topic, TRANSLATOR_SEQUENTIAL_MESSAGES).await?;
+    say("relay: translating into decisions one message at a time (max_in_flight 1)");
+    let group = topic_name(db, "credits-one-at-a-time-group");
+    let (elapsed, _) = translate_once(
+        store,
+        brokers,
+        &sequential_topic,
+        &group,
+        TRANSLATOR_SEQUENTIAL_MESSAGES,
+        Some(1),
+    )
+    .await?;
+    let sequential = throughput_row(
+        WORKLOAD,
+        "translator_one_at_a_time",
+        1,
+        TRANSLATOR_SEQUENTIAL_MESSAGES,
+        elapsed,
+    );
+    say(&format!("  {:.0} messages/s", sequential.ops_per_s));
+    let before = credited(store).await?;
+
+    say("relay: translating into decisions, keys in parallel (one instance)");
     let group = topic_name(db, "credits-group");
     let (elapsed, stats) =
-        translate_once(store, brokers, &topic, &group, TRANSLATOR_MESSAGES).await?;
-    let appended = credited(store).await?;
+        translate_once(store, brokers, &topic, &group, TRANSLATOR_MESSAGES, None).await?;
+    let appended = credited(store).await? - before;
     let mut first = throughput_row(WORKLOAD, "translator", 1, TRANSLATOR_MESSAGES, elapsed);
+    first.compare_with(sequential.ops_per_s);
     first.events_per_s = Some(appended as f64 / elapsed.as_secs_f64());
     say(&format!(
         "  {:.0} messages/s, {} decided, {} events appended",
@@ -682,8 +722,8 @@ async fn translate(db: &Db, store: &PgEventStore, brokers: &str) -> Result<Vec<R
     say("relay: replaying them from a new group");
     let group = topic_name(db, "credits-replay");
     let (elapsed, stats) =
-        translate_once(store, brokers, &topic, &group, TRANSLATOR_MESSAGES).await?;
-    let again = credited(store).await? - appended;
+        translate_once(store, brokers, &topic, &group, TRANSLATOR_MESSAGES, None).await?;
+    let again = credited(store).await? - appended - before;
     let mut replay = throughput_row(
         WORKLOAD,
         "translator_replay",
@@ -699,5 +739,5 @@ async fn translate(db: &Db, store: &PgEventStore, brokers: &str) -> Result<Vec<R
     if again != 0 {
         return Err(format!("the replay appended {again} events"));
     }
-    Ok(vec![first, replay])
+    Ok(vec![sequential, first, replay])
 }
