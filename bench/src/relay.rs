@@ -6,15 +6,18 @@
 //!   the same window of messages in flight); the baseline of...
 //! - `drain_log`: the relay publishing the preloaded log (ratio to the raw
 //!   producer);
+//! - `kafka_roundtrip_1000`: produce → consumed through the broker alone at
+//!   1,000 messages/s, the baseline of...
 //! - `live_1000`, `live_5000`: append → consumed latency with the relay
 //!   running, at a steady 1,000 and 5,000 appends/s;
 //! - `publish_burn_down`, `publish_latency`: the work-queue publish processor
 //!   (one message per job, the success event after the acknowledgement):
 //!   jobs/s through a backlog, and submit → acknowledged latency at a steady
 //!   rate;
-//! - `translator`, `translator_replay`: messages/s into decisions (with
-//!   dedupe) from one translator instance, and the same messages again from
-//!   a new group: every one a duplicate, no event appended.
+//! - `translator_one_at_a_time`, `translator`, `translator_replay`:
+//!   messages/s into decisions (with dedupe) from one translator instance,
+//!   one message at a time and with keys in parallel, and the same messages
+//!   again from a new group: every one a duplicate, no event appended.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,6 +119,7 @@ pub async fn run(db: &Db, args: &Args, rows: &mut Vec<Row>) -> Result<(), String
     } else {
         say("relay: --preload 0, skipping the drain rows");
     }
+    rows.push(kafka_roundtrip(db, &brokers, LATENCY_RATES[0], window).await?);
     for rate in LATENCY_RATES {
         let store = db.open_store(&format!("relay_live_{rate}"), 8).await?;
         let result = live(db, &store, &brokers, rate, window).await;
@@ -138,7 +142,7 @@ fn the_route(topic: &str) -> Route {
 }
 
 /// The relay's producer settings that matter for throughput and
-/// guarantees (see `dcb_kafka::EventRelay`).
+/// guarantees (see `dcb_kafka::EventRelay`), its 1 ms linger included.
 fn raw_producer(brokers: &str) -> Result<FutureProducer, String> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -147,6 +151,7 @@ fn raw_producer(brokers: &str) -> Result<FutureProducer, String> {
         .set("enable.gapless.guarantee", "true")
         .set("max.in.flight.requests.per.connection", "5")
         .set("message.timeout.ms", "0")
+        .set("linger.ms", "1")
         .create()
         .map_err(|e| format!("kafka producer: {e}"))
 }
@@ -326,6 +331,60 @@ fn in_window(seen: &Mutex<Vec<(u64, Duration)>>, from: u64, to: u64) -> Vec<Dura
         .filter(|(sent, _)| (from..to).contains(sent))
         .map(|(_, l)| *l)
         .collect()
+}
+
+/// (3a) The baseline of the live rows: produce → consumed through the broker
+/// alone (the relay's producer settings, the same consumer), at `rate`
+/// messages/s.
+async fn kafka_roundtrip(
+    db: &Db,
+    brokers: &str,
+    rate: u32,
+    window: Duration,
+) -> Result<Row, String> {
+    let topic = topic_name(db, "roundtrip");
+    create_topic(brokers, &topic).await?;
+    let (reader, seen) = ping_reader(brokers, &topic)?;
+    let producer = raw_producer(brokers)?;
+    say(&format!(
+        "relay: produce→consumed latency at {rate} messages/s (broker alone)"
+    ));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / rate);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let from = ping::now_us() + crate::runner::WARMUP.as_micros() as u64;
+    let to = from + window.as_micros() as u64;
+    let end = Instant::now() + crate::runner::WARMUP + window;
+    let mut in_flight = FuturesUnordered::new();
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = ticker.tick() => {
+                sent += 1;
+                let payload = serde_json::to_vec(&Ping::now(sent)).map_err(|e| e.to_string())?;
+                let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).payload(payload.as_slice());
+                in_flight.push(producer.send_result(record).map_err(|(e, _)| format!("produce: {e}"))?);
+            }
+            Some(d) = in_flight.next(), if !in_flight.is_empty() => ack(Some(d))?,
+        }
+    }
+    while let Some(d) = in_flight.next().await {
+        ack(Some(d))?;
+    }
+    wait_seen(&seen, sent).await;
+    reader.abort();
+    let r = latency_row(
+        WORKLOAD,
+        &format!("kafka_roundtrip_{rate}"),
+        1,
+        in_window(&seen, from, to),
+        window,
+    );
+    say(&format!(
+        "  p50 {:.2} ms, p99 {:.2} ms",
+        r.p50_ms.unwrap_or(0.0),
+        r.p99_ms.unwrap_or(0.0)
+    ));
+    Ok(r)
 }
 
 /// (3) Append → consumed latency at a steady `rate` appends/s.
