@@ -10,8 +10,7 @@
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`) and a
 //! broker (`KAFKA_BROKERS`; `scripts/tansu.sh start`).
 
-#[path = "kafka_support.rs"]
-mod support;
+mod kafka_support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -24,7 +23,7 @@ use dcb_kafka::{
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
-use support::*;
+use kafka_support::*;
 
 fn record(event_type: &'static str, key: &str, n: usize) -> EventRecord {
     EventRecord {

@@ -6,8 +6,7 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
-#[path = "kafka_support.rs"]
-mod support;
+mod kafka_support;
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, Tag};
 use dcb_kafka::rdkafka::mocking::MockCluster;
 use dcb_kafka::{Backoff, EventRelay, KafkaConfig, RelayConfig, Route};
 use dcb_postgres::testing::TestDatabase;
-use support::{first_copies_in_position_order, read_to_end};
+use kafka_support::{first_copies_in_position_order, read_to_end};
 
 fn record(n: usize) -> EventRecord {
     EventRecord {

@@ -1,4 +1,4 @@
-//! Helpers of the Kafka end-to-end tests (included with `#[path]`): the
+//! Helpers of the Kafka end-to-end tests (`mod kafka_support;`): the
 //! broker address, topics, and reading a topic to its end.
 
 #![allow(dead_code)]
