@@ -197,7 +197,9 @@ impl RelayConfig {
 ///   what it was given for that partition: after a failure a consumer may
 ///   see events again (a suffix, in order, recognisable by
 ///   [`HEADER_EVENT_ID`]), never a later event of a key before the first
-///   copy of an earlier one. An event that can never be published (too
+///   copy of an earlier one. (librdkafka logs a configuration warning that
+///   the gapless guarantee is experimental each time the relay creates its
+///   producer; that is expected.) An event that can never be published (too
 ///   large for the broker) blocks the relay, with the reason in
 ///   [`RelayHandle::status`]; it is never skipped.
 /// - **Crash**: delivery is at least once. A relay that dies publishes again,
