@@ -15,11 +15,19 @@ pub use error::KafkaError;
 pub use message::{DeadKind, DeadMessage, KafkaMessage, OutgoingMessage};
 pub use processor::{Delivered, PublishJob, PublishProcessor};
 pub use publisher::{Publisher, TransactionalPublisher};
-pub use relay::{EventRelay, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_POSITION, HEADER_TAGS};
+pub use relay::{
+    EventRelay, RelayConfig, RelayHandle, RelayStatus, Route, HEADER_CE_ID, HEADER_CE_SOURCE,
+    HEADER_CE_SPECVERSION, HEADER_CE_TIME, HEADER_CE_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
+    HEADER_POSITION, HEADER_TAGS,
+};
 pub use translator::{
     dead_messages, offset_key, record_key, Translator, TranslatorHandle, TranslatorRunner,
     TranslatorStats,
 };
+
+// The one backoff of dcb, used between attempts (translators, relay
+// restarts).
+pub(crate) use dcb_core::Backoff;
 
 /// Re-export of the `rdkafka` version this crate uses (for the mock cluster
 /// in tests, and for options typed by rdkafka).

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::EventRecord;
@@ -121,8 +122,16 @@ pub trait PublishJob: Send + Sync + 'static {
 pub struct PublishProcessor<J> {
     publisher: Arc<Publisher>,
     job: J,
-    delivered: Mutex<HashMap<(JobId, u32), Delivered>>,
+    /// Acknowledged deliveries waiting for `on_success`, with when each
+    /// was acknowledged.
+    delivered: Mutex<HashMap<(JobId, u32), (Instant, Delivered)>>,
 }
+
+/// How long an acknowledged delivery waits for its `on_success`. The queue
+/// calls it right after `run` returns; an entry older than this belongs to
+/// an attempt whose lease was lost (another worker runs the job), and is
+/// dropped so that the map does not grow.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(600);
 
 impl<J> std::fmt::Debug for PublishProcessor<J> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,8 +152,25 @@ impl<J: PublishJob> PublishProcessor<J> {
         }
     }
 
-    fn deliveries(&self) -> std::sync::MutexGuard<'_, HashMap<(JobId, u32), Delivered>> {
+    fn deliveries(&self) -> std::sync::MutexGuard<'_, HashMap<(JobId, u32), (Instant, Delivered)>> {
         self.delivered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the delivery of one attempt, forgetting those of earlier
+    /// attempts of the job and those too old to be asked for.
+    fn remember(&self, job: JobId, attempt: u32, delivered: Delivered) {
+        let now = Instant::now();
+        let mut deliveries = self.deliveries();
+        deliveries.retain(|(id, a), (at, _)| {
+            !(*id == job && *a < attempt) && now.duration_since(*at) < DELIVERY_MEMORY
+        });
+        deliveries.insert((job, attempt), (now, delivered));
+    }
+
+    /// How many acknowledged deliveries wait for their `on_success`.
+    #[doc(hidden)]
+    pub fn pending_deliveries(&self) -> usize {
+        self.deliveries().len()
     }
 }
 
@@ -159,8 +185,9 @@ impl<J: PublishJob> Processor for PublishProcessor<J> {
         match self.publisher.send(message).await {
             Ok((partition, offset)) => {
                 tracing::debug!(%topic, partition, offset, "published");
-                self.deliveries().insert(
-                    (ctx.job_id(), ctx.attempt()),
+                self.remember(
+                    ctx.job_id(),
+                    ctx.attempt(),
                     Delivered {
                         topic,
                         partition,
@@ -181,6 +208,7 @@ impl<J: PublishJob> Processor for PublishProcessor<J> {
         let delivered = self
             .deliveries()
             .remove(&(ctx.job_id(), ctx.attempt()))
+            .map(|(_, delivered)| delivered)
             .ok_or_else(|| JobError::retryable("the delivery of this attempt is unknown"))?;
         self.job.published(payload, &delivered, ctx)
     }
@@ -197,18 +225,11 @@ impl<J: PublishJob> Processor for PublishProcessor<J> {
 }
 
 fn job_error(error: KafkaError) -> JobError {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    let permanent = match &error {
-        KafkaError::Delivery { source, .. } => matches!(
-            source.rdkafka_error_code(),
-            Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::InvalidRecord)
-        ),
-        KafkaError::Config(_) => true,
-        _ => false,
-    };
-    if permanent {
-        JobError::permanent(error)
-    } else {
+    // A message the broker can never take, or a refused configuration: no
+    // retry helps.
+    if error.is_retryable() {
         JobError::retryable(error)
+    } else {
+        JobError::permanent(error)
     }
 }

@@ -1,10 +1,11 @@
 //! An idempotent producer (`acks=all`), and its transactional variant.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tracing::Instrument;
@@ -190,6 +191,47 @@ pub(crate) async fn send_with(
     producer: &FutureProducer,
     message: &OutgoingMessage,
 ) -> Result<(i32, i64), KafkaError> {
+    match producer
+        .send(record(message), Timeout::After(QUEUE_TIMEOUT))
+        .await
+    {
+        Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+        Err((source, _)) => Err(KafkaError::Delivery {
+            topic: message.topic.clone(),
+            source,
+        }),
+    }
+}
+
+/// Hands `message` to the producer without waiting for the broker.
+fn enqueue(
+    producer: &FutureProducer,
+    message: &OutgoingMessage,
+) -> Result<DeliveryFuture, KafkaError> {
+    producer
+        .send_result(record(message))
+        .map_err(|(source, _)| KafkaError::Delivery {
+            topic: message.topic.clone(),
+            source,
+        })
+}
+
+/// Waits for the broker's answer to a message handed over by [`enqueue`].
+async fn delivered(topic: &str, delivery: DeliveryFuture) -> Result<(i32, i64), KafkaError> {
+    match delivery.await {
+        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+        Ok(Err((source, _))) => Err(KafkaError::Delivery {
+            topic: topic.to_owned(),
+            source,
+        }),
+        Err(_) => Err(KafkaError::Delivery {
+            topic: topic.to_owned(),
+            source: rdkafka::error::KafkaError::Canceled,
+        }),
+    }
+}
+
+fn record(message: &OutgoingMessage) -> FutureRecord<'_, [u8], [u8]> {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic);
     if let Some(key) = &message.key {
         record = record.key(key.as_slice());
@@ -207,13 +249,7 @@ pub(crate) async fn send_with(
         }
         record = record.headers(headers);
     }
-    match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
-        Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-        Err((source, _)) => Err(KafkaError::Delivery {
-            topic: message.topic.clone(),
-            source,
-        }),
-    }
+    record
 }
 
 /// A transactional producer: a batch of messages becomes visible to
@@ -239,6 +275,8 @@ pub struct TransactionalPublisher {
     producer: FutureProducer,
     timeout: Duration,
     lock: tokio::sync::Mutex<()>,
+    /// The last transaction was aborted.
+    aborted: AtomicBool,
 }
 
 impl std::fmt::Debug for TransactionalPublisher {
@@ -273,6 +311,7 @@ impl TransactionalPublisher {
             producer,
             timeout,
             lock: tokio::sync::Mutex::new(()),
+            aborted: AtomicBool::new(false),
         })
     }
 
@@ -290,37 +329,60 @@ impl TransactionalPublisher {
         let _one_at_a_time = self.lock.lock().await;
         let span = tracing::debug_span!("dcb.kafka.publish_transaction", messages = messages.len());
         async {
-            let p = self.producer.clone();
-            blocking(move || p.begin_transaction()).await?;
-            let mut deliveries = Vec::with_capacity(messages.len());
-            let mut failure = None;
-            for message in messages {
-                match send_with(&self.producer, message).await {
-                    Ok(d) => deliveries.push(d),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            let timeout = self.timeout;
-            let p = self.producer.clone();
-            match failure {
-                None => match blocking(move || p.commit_transaction(timeout)).await {
-                    Ok(()) => Ok(deliveries),
-                    Err(e) => {
-                        self.abort().await;
-                        Err(e)
-                    }
-                },
-                Some(e) => {
-                    self.abort().await;
-                    Err(e)
-                }
+            let after_abort = self.aborted.swap(false, Ordering::SeqCst);
+            match self.transaction(messages).await {
+                // Right after an aborted transaction, the producer renews its
+                // epoch and purges what was queued meanwhile: the first batch
+                // then fails without reaching the broker. Once more.
+                Err(e) if after_abort && is_purged(&e) => self.transaction(messages).await,
+                other => other,
             }
         }
         .instrument(span)
         .await
+    }
+
+    async fn transaction(
+        &self,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let p = self.producer.clone();
+        blocking(move || p.begin_transaction()).await?;
+        // Every message is handed over first (the producer keeps their
+        // order per partition), then every answer awaited.
+        let mut pending = Vec::with_capacity(messages.len());
+        let mut failure = None;
+        for message in messages {
+            match enqueue(&self.producer, message) {
+                Ok(delivery) => pending.push((message.topic.as_str(), delivery)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut deliveries = Vec::with_capacity(pending.len());
+        for (topic, delivery) in pending {
+            match delivered(topic, delivery).await {
+                Ok(d) => deliveries.push(d),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let timeout = self.timeout;
+        let p = self.producer.clone();
+        let result = match failure {
+            None => blocking(move || p.commit_transaction(timeout)).await,
+            Some(e) => Err(e),
+        };
+        match result {
+            Ok(()) => Ok(deliveries),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
     }
 
     async fn abort(&self) {
@@ -329,6 +391,7 @@ impl TransactionalPublisher {
         if let Err(error) = blocking(move || p.abort_transaction(timeout)).await {
             tracing::warn!(%error, "aborting the transaction failed");
         }
+        self.aborted.store(true, Ordering::SeqCst);
     }
 }
 
@@ -340,4 +403,17 @@ where
         .await
         .map_err(|e| KafkaError::Transaction(format!("task failed: {e}")))?
         .map_err(|e| KafkaError::Transaction(e.to_string()))
+}
+
+/// Whether a message was purged from the producer's queue before it was sent.
+fn is_purged(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::Delivery {
+            source: rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::PurgeQueue
+            ),
+            ..
+        }
+    )
 }

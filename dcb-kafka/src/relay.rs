@@ -1,349 +1,495 @@
-//! The event relay: publishes the events of a query to a topic, in position
-//! order, checkpointed after the broker acknowledged.
+//! The event relay: publishes the events of one or several queries to
+//! topics, in position order, many messages in flight, checkpointed at the
+//! highest position below which everything was acknowledged.
 
+mod headers;
+mod pipeline;
+mod producer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_trait::async_trait;
-use dcb_core::{
-    AppendCondition, AppendResult, BoxError, CodecError, Event, EventRecord, EventSchema,
-    EventStore, EventType, Listener, Position, Query, ReadOptions, ReadResult, Sequenced,
-    SequencedEvent, StoreError, Tag,
-};
-use dcb_postgres::listener::{ListenerOptions, ListenerRunner, RunnerConfig, RunnerHandle};
+use chrono::{DateTime, Utc};
+use dcb_core::{Position, Query, SequencedEvent};
 use dcb_postgres::PgEventStore;
-use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use crate::{KafkaError, OutgoingMessage, Publisher};
+use crate::sql::relays::RelayTable;
+use crate::{check_reachable, sql, Backoff, KafkaConfig, KafkaError, OutgoingMessage};
 
-/// The header carrying the event id (UUID, text).
-pub const HEADER_EVENT_ID: &str = "dcb-event-id";
-/// The header carrying the event type.
-pub const HEADER_EVENT_TYPE: &str = "dcb-event-type";
-/// The header carrying the event's position (decimal).
-pub const HEADER_POSITION: &str = "dcb-position";
-/// The header carrying the event's tags (a JSON array of `key:value`).
-pub const HEADER_TAGS: &str = "dcb-tags";
+pub use headers::{
+    HEADER_CE_ID, HEADER_CE_SOURCE, HEADER_CE_SPECVERSION, HEADER_CE_TIME, HEADER_CE_TYPE,
+    HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_POSITION, HEADER_TAGS,
+};
 
-/// Publishes every event matching a query to a topic.
+/// One destination of a relay: the events matching `query` go to `topic`.
 ///
-/// - Order: events are published one at a time in position order; each is
-///   acknowledged by the broker before the next is sent, and the checkpoint
-///   advances only after the acknowledgement.
-/// - Message: key = the value of the event's first tag with the chosen key
-///   (no key if the event has none, or no key tag was chosen); value = the
-///   event payload as stored (JSON with the default codec); headers
-///   [`HEADER_EVENT_ID`], [`HEADER_EVENT_TYPE`], [`HEADER_POSITION`],
-///   [`HEADER_TAGS`].
-/// - It reads only committed events (the store's positions are gapless in
-///   commit order), so nothing is published before it is persisted and no
-///   event is ever skipped: a failing send is retried with backoff and blocks
-///   the relay (it is never parked).
-/// - Delivery is at least once: after a crash between acknowledgement and
-///   checkpoint an event is published again; consumers dedupe on the event
-///   id or position header.
-/// - Several instances may run the same relay: the listener runner's lease
-///   keeps one active per relay id, and another takes over when it dies.
+/// ```
+/// use dcb_core::Query;
+/// use dcb_kafka::Route;
+/// let route = Route::new(Query::types(["ItemAdded", "ItemRemoved"]), "cart-items").key_tag("cart_id");
+/// assert_eq!(route.topic(), "cart-items");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    query: Query,
+    topic: String,
+    key_tag: Option<String>,
+}
+
+impl Route {
+    /// The events matching `query` (by event type, tags, or both) go to
+    /// `topic`.
+    pub fn new(query: Query, topic: impl Into<String>) -> Self {
+        Route {
+            query,
+            topic: topic.into(),
+            key_tag: None,
+        }
+    }
+
+    /// Takes the message key from the value of the event's first tag with
+    /// this key (overrides [`EventRelay::key_tag`] for this route). An event
+    /// without such a tag is published without a key.
+    pub fn key_tag(mut self, key: impl Into<String>) -> Self {
+        self.key_tag = Some(key.into());
+        self
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The query.
+    pub fn query(&self) -> &Query {
+        &self.query
+    }
+}
+
+/// How a relay reads, publishes and checkpoints.
 ///
-/// The relay is a listener of `dcb_postgres`'s runner; its checkpoint, lag
-/// and status are the runner's ([`RunnerHandle::status`]).
+/// ```
+/// use std::time::Duration;
+/// use dcb_kafka::RelayConfig;
+/// let config = RelayConfig::default().max_in_flight(20_000).checkpoint_every(5_000);
+/// assert_eq!(config.max_in_flight, 20_000);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Events per read from the log. Default 1,000.
+    pub batch_size: usize,
+    /// Events sent and not yet acknowledged, at most. Default 10,000.
+    pub max_in_flight: usize,
+    /// The checkpoint is written once this many more events are
+    /// acknowledged... Default 1,000.
+    pub checkpoint_every: usize,
+    /// ...or this long after the last write, whichever comes first.
+    /// Default 200 ms.
+    pub checkpoint_interval: Duration,
+    /// How often the leader reads without a `NOTIFY`. Default 1 s.
+    pub poll_interval: Duration,
+    /// A message not acknowledged within this time stops the pipeline, which
+    /// starts again from the checkpoint with a new producer. Default 30 s.
+    pub send_timeout: Duration,
+    /// Waits between restarts after failures. Default 100 ms doubling to 30 s.
+    pub backoff: Backoff,
+    /// How long a leader's lease lasts without renewal; another instance
+    /// takes over about this long after the leader died. Default 5 s.
+    pub lease_ttl: Duration,
+    /// The name this process leads under (default: a random UUID).
+    pub instance_id: String,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 1_000,
+            max_in_flight: 10_000,
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(30),
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+                ..Backoff::default()
+            },
+            lease_ttl: Duration::from_secs(5),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Sets [`RelayConfig::batch_size`] (at least 1).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+    /// Sets [`RelayConfig::max_in_flight`] (at least 1; 1 publishes one event
+    /// at a time).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+    /// Sets [`RelayConfig::checkpoint_every`] (at least 1).
+    pub fn checkpoint_every(mut self, n: usize) -> Self {
+        self.checkpoint_every = n.max(1);
+        self
+    }
+    /// Sets [`RelayConfig::checkpoint_interval`].
+    pub fn checkpoint_interval(mut self, d: Duration) -> Self {
+        self.checkpoint_interval = d;
+        self
+    }
+    /// Sets [`RelayConfig::poll_interval`] (at least 1 ms).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d.max(Duration::from_millis(1));
+        self
+    }
+    /// Sets [`RelayConfig::send_timeout`] (at least 100 ms).
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.send_timeout = d.max(Duration::from_millis(100));
+        self
+    }
+    /// Sets [`RelayConfig::backoff`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Sets [`RelayConfig::lease_ttl`] (at least 300 ms).
+    pub fn lease_ttl(mut self, d: Duration) -> Self {
+        self.lease_ttl = d.max(Duration::from_millis(300));
+        self
+    }
+    /// Sets [`RelayConfig::instance_id`].
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = id.into();
+        self
+    }
+}
+
+/// Publishes the events of the log that match its routes to Kafka.
+///
+/// - **Order**: events are read from the log in position order and handed
+///   to an idempotent producer (`acks=all`, up to 5 requests in flight per
+///   connection) in that order; the producer keeps each partition's order,
+///   so messages with one key arrive in position order. Up to
+///   [`RelayConfig::max_in_flight`] events are in flight at once.
+/// - **Nothing before commit, nothing skipped**: the relay reads only
+///   committed events (the store's positions are gapless in commit order),
+///   and its checkpoint is the highest position below which *every* event
+///   was acknowledged by the broker — never past an event still in flight.
+///   The checkpoint is written every [`RelayConfig::checkpoint_every`]
+///   acknowledgements or [`RelayConfig::checkpoint_interval`], whichever
+///   comes first.
+/// - **Failures**: a message the broker refuses, or that is not
+///   acknowledged within [`RelayConfig::send_timeout`], stops the pipeline:
+///   the producer's queue is purged, the producer replaced, and publishing
+///   starts again after a backoff from the last contiguous
+///   acknowledgement. The producer runs with
+///   `enable.gapless.guarantee=true` and no local message timeout, so the
+///   messages of one producer that reach a partition are always a prefix of
+///   what it was given for that partition: after a failure a consumer may
+///   see events again (a suffix, in order, recognisable by
+///   [`HEADER_EVENT_ID`]), never a later event of a key before the first
+///   copy of an earlier one. (librdkafka logs a configuration warning that
+///   the gapless guarantee is experimental each time the relay creates its
+///   producer; that is expected.) An event that can never be published (too
+///   large for the broker) blocks the relay, with the reason in
+///   [`RelayHandle::status`]; it is never skipped.
+/// - **Crash**: delivery is at least once. A relay that dies publishes again,
+///   from its written checkpoint, what it had sent since: up to a checkpoint
+///   batch plus the events in flight.
+/// - **One publisher per relay name**: a lease row (renewed by heartbeat and
+///   by each checkpoint write) keeps one instance active per relay name
+///   across processes; another takes over within about
+///   [`RelayConfig::lease_ttl`] when the leader dies.
+/// - **Wake-up**: the leader wakes on the store's `NOTIFY`
+///   ([`PgEventStore::notify_channel`]) and polls every
+///   [`RelayConfig::poll_interval`] as a fallback.
+///
+/// Messages: key from the route's key tag; value = the event payload as
+/// stored; headers [`HEADER_EVENT_ID`], [`HEADER_EVENT_TYPE`],
+/// [`HEADER_POSITION`], [`HEADER_TAGS`], and with
+/// [`EventRelay::cloud_events`] the CloudEvents binary-mode headers
+/// [`HEADER_CE_SPECVERSION`], [`HEADER_CE_ID`], [`HEADER_CE_TYPE`],
+/// [`HEADER_CE_SOURCE`], [`HEADER_CE_TIME`]. An event matching several
+/// routes is published to each of their topics.
 ///
 /// ```no_run
 /// # async fn example(store: dcb_postgres::PgEventStore) -> Result<(), dcb_kafka::KafkaError> {
 /// use dcb_core::Query;
-/// use dcb_kafka::{EventRelay, KafkaConfig, Publisher};
-/// let publisher = Publisher::connect(&KafkaConfig::new("127.0.0.1:9092")).await?;
-/// let relay = EventRelay::new("carts-to-kafka", Query::types(["ItemAdded", "ItemRemoved"]), "cart-events", publisher)
+/// use dcb_kafka::{EventRelay, KafkaConfig, Route};
+/// let relay = EventRelay::new("carts-to-kafka", KafkaConfig::new("127.0.0.1:9092"))
+///     .route(Route::new(Query::types(["ItemAdded", "ItemRemoved"]), "cart-items"))
+///     .route(Route::new(Query::types(["CartSubmitted"]), "submitted-carts"))
 ///     .key_tag("cart_id")
+///     .cloud_events("urn:example:cart")
 ///     .start(&store)
 ///     .await?;
 /// // ...
 /// relay.shutdown().await;
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct EventRelay {
     id: String,
-    query: Query,
-    topic: String,
+    kafka: KafkaConfig,
+    routes: Vec<Route>,
     key_tag: Option<String>,
-    publisher: Arc<Publisher>,
-    config: RunnerConfig,
-}
-
-impl std::fmt::Debug for EventRelay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventRelay")
-            .field("id", &self.id)
-            .field("topic", &self.topic)
-            .field("key_tag", &self.key_tag)
-            .finish_non_exhaustive()
-    }
+    cloud_events: Option<String>,
+    config: RelayConfig,
 }
 
 impl EventRelay {
     /// A relay named `id` (its checkpoint and lease are kept under this
-    /// name) of the events matching `query` to `topic`.
-    pub fn new(
-        id: impl Into<String>,
-        query: Query,
-        topic: impl Into<String>,
-        publisher: impl Into<Arc<Publisher>>,
-    ) -> Self {
+    /// name) publishing through brokers of `kafka`. Add at least one
+    /// [`Route`].
+    pub fn new(id: impl Into<String>, kafka: KafkaConfig) -> Self {
         EventRelay {
             id: id.into(),
-            query,
-            topic: topic.into(),
+            kafka,
+            routes: Vec::new(),
             key_tag: None,
-            publisher: publisher.into(),
-            config: RunnerConfig::default(),
+            cloud_events: None,
+            config: RelayConfig::default(),
         }
     }
 
-    /// Takes the message key from the value of the event's tag with this key.
+    /// Adds a route: the events matching its query also go to its topic.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// The key tag of every route that does not set its own.
     pub fn key_tag(mut self, key: impl Into<String>) -> Self {
         self.key_tag = Some(key.into());
         self
     }
 
-    /// The listener runner's configuration (batch size, poll interval,
-    /// backoff, lease).
-    pub fn runner_config(mut self, config: RunnerConfig) -> Self {
+    /// Adds the CloudEvents binary-mode headers, with `source` as
+    /// `ce_source` (a URI reference naming this service).
+    pub fn cloud_events(mut self, source: impl Into<String>) -> Self {
+        self.cloud_events = Some(source.into());
+        self
+    }
+
+    /// Sets the reading, pipelining and checkpoint settings.
+    pub fn config(mut self, config: RelayConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Starts the relay over `store` (checkpoint in the store's schema).
+    /// The message the relay publishes for `event` on `route` (for tests,
+    /// and for applications that publish events themselves).
+    pub fn message_for(&self, route: &Route, event: &SequencedEvent) -> OutgoingMessage {
+        headers::outgoing(
+            route,
+            self.key_tag.as_deref(),
+            self.cloud_events.as_deref(),
+            event,
+        )
+    }
+
+    /// Creates the relay's table if needed, checks that the brokers answer,
+    /// and starts relaying in a background task (as leader, or standing by
+    /// while another instance leads).
     ///
     /// # Errors
-    /// Database errors while migrating the runner's tables.
-    pub async fn start(self, store: &PgEventStore) -> Result<RunnerHandle, KafkaError> {
-        let listener = RelayListener {
-            id: self.id,
-            query: self.query,
-            topic: self.topic,
-            key_tag: self.key_tag,
-            publisher: self.publisher,
-        };
-        let handle = ListenerRunner::from_parts(
-            Arc::new(WithTags(store.clone())),
-            store.pool().clone(),
-            store.schema(),
-            store.notify_channel(),
-        )
-        .config(self.config)
-        .at_least_once_with(listener, ListenerOptions::blocking())
-        .start()
-        .await?;
-        Ok(handle)
-    }
-
-    /// The message the relay publishes for `event` (exposed for tests and
-    /// for applications that publish events themselves).
-    pub fn message_for(
-        topic: &str,
-        key_tag: Option<&str>,
-        position: Position,
-        event: &EventRecord,
-    ) -> OutgoingMessage {
-        let tags: Vec<&str> = event.tags.iter().map(Tag::as_str).collect();
-        let mut message = OutgoingMessage::new(topic)
-            .payload(event.payload.clone())
-            .header(HEADER_EVENT_ID, event.metadata.event_id.to_string())
-            .header(HEADER_EVENT_TYPE, event.event_type.as_str())
-            .header(HEADER_POSITION, position.0.to_string())
-            .header(
-                HEADER_TAGS,
-                serde_json::to_vec(&tags).unwrap_or_else(|_| b"[]".to_vec()),
-            );
-        if let Some(key) = key_tag {
-            if let Some(tag) = event.tags.iter().find(|t| t.key() == key) {
-                message = message.key(tag.value());
-            }
+    /// [`KafkaError::Config`] without a route, with an empty name, or for
+    /// options librdkafka refuses; [`KafkaError::BrokerUnreachable`] when no
+    /// broker answers within the configured start-up timeout; database
+    /// errors.
+    pub async fn start(self, store: &PgEventStore) -> Result<RelayHandle, KafkaError> {
+        if self.routes.is_empty() {
+            return Err(KafkaError::Config(format!(
+                "relay {:?} has no route: add one with EventRelay::route",
+                self.id
+            )));
         }
-        message
-    }
-}
-
-struct RelayListener {
-    id: String,
-    query: Query,
-    topic: String,
-    key_tag: Option<String>,
-    publisher: Arc<Publisher>,
-}
-
-#[async_trait]
-impl Listener for RelayListener {
-    type Event = Relayed;
-
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn query(&self) -> Query {
-        self.query.clone()
-    }
-
-    async fn handle(&self, event: Sequenced<Relayed>) -> Result<(), BoxError> {
-        let record = EventRecord {
-            event_type: event.event.event_type,
-            tags: event.event.tags,
-            payload: event.event.payload,
-            metadata: event.metadata,
-        };
-        let message = EventRelay::message_for(
-            &self.topic,
-            self.key_tag.as_deref(),
-            event.position,
-            &record,
-        );
-        let (partition, offset) = self.publisher.send(message).await?;
-        tracing::debug!(position = event.position.0, partition, offset, "relayed");
-        Ok(())
-    }
-}
-
-/// An event as the relay sees it: type, tags and payload bytes untouched.
-#[derive(Debug)]
-struct Relayed {
-    event_type: EventType,
-    tags: Vec<Tag>,
-    payload: Vec<u8>,
-}
-
-impl Event for Relayed {
-    const SCHEMA: &'static [EventSchema] = &[];
-
-    fn event_type(&self) -> EventType {
-        self.event_type.clone()
-    }
-
-    fn tags(&self) -> Vec<Tag> {
-        self.tags.clone()
-    }
-
-    fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        Ok(self.payload.clone())
-    }
-
-    fn decode(event_type: &str, bytes: &[u8]) -> Result<Self, CodecError> {
-        let (tags, payload) = unwrap_envelope(bytes)?;
-        Ok(Relayed {
-            event_type: EventType::new(event_type),
-            tags,
-            payload,
-        })
-    }
-}
-
-// The listener runner hands listeners decoded payloads without tags; the
-// relay needs the tags, so its store wraps each payload in an envelope:
-// u32 (big endian) tag count, then per tag u32 length + bytes, then the payload.
-fn wrap_envelope(record: &mut EventRecord) {
-    let mut out = Vec::with_capacity(record.payload.len() + 4 + record.tags.len() * 24);
-    out.extend_from_slice(&(record.tags.len() as u32).to_be_bytes());
-    for tag in &record.tags {
-        out.extend_from_slice(&(tag.as_str().len() as u32).to_be_bytes());
-        out.extend_from_slice(tag.as_str().as_bytes());
-    }
-    out.extend_from_slice(&record.payload);
-    record.payload = out;
-}
-
-fn unwrap_envelope(bytes: &[u8]) -> Result<(Vec<Tag>, Vec<u8>), CodecError> {
-    let bad = || CodecError::Decode("malformed relay envelope".into());
-    let mut rest = bytes;
-    let mut take = |n: usize| -> Result<&[u8], CodecError> {
-        if rest.len() < n {
-            return Err(bad());
+        if self.id.is_empty() || self.id.contains('\0') {
+            return Err(KafkaError::Config(format!(
+                "invalid relay name {:?}: give a non-empty name without NUL",
+                self.id
+            )));
         }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?);
-    let mut tags = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
-        let text = std::str::from_utf8(take(len)?).map_err(|_| bad())?;
-        tags.push(Tag::parse(text).map_err(|_| bad())?);
-    }
-    Ok((tags, rest.to_vec()))
-}
+        let pool = store.pool().clone();
+        sql::migrate(&pool, store.schema()).await?;
+        let table = RelayTable::new(pool.clone(), store.schema())?;
+        table.ensure(&self.id).await?;
+        check_reachable(&self.kafka).await?;
+        let producer = producer::Slot::new(&self.kafka)?;
 
-struct WithTags(PgEventStore);
-
-#[async_trait]
-impl EventStore for WithTags {
-    async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
-        let result = self.0.read(query, options).await?;
-        let events = result
-            .events
-            .map(|item| {
-                item.map(|mut event: SequencedEvent| {
-                    wrap_envelope(&mut event.record);
-                    event
+        let read_query = self
+            .routes
+            .iter()
+            .fold(Query::none(), |q, r| q.union(r.query.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (acked, _) = watch::channel(0u64);
+        let (wake, _) = watch::channel(0u64);
+        let shared = Arc::new(pipeline::Shared {
+            id: self.id.clone(),
+            routes: self
+                .routes
+                .into_iter()
+                .map(|r| {
+                    let key_tag = r.key_tag.clone().or_else(|| self.key_tag.clone());
+                    Route { key_tag, ..r }
                 })
-            })
-            .boxed();
-        Ok(ReadResult {
-            head: result.head,
-            events,
+                .collect(),
+            read_query,
+            cloud_events: self.cloud_events,
+            config: self.config,
+            store: store.clone(),
+            table,
+            producer,
+            acked,
+            wake,
+            leading: AtomicBool::new(false),
+            published: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            shutdown: shutdown_rx,
+        });
+        let span = tracing::info_span!("dcb.kafka.relay", relay = %self.id);
+        let notifier = tokio::spawn(
+            pipeline::notifier(shared.clone(), pool, store.notify_channel())
+                .instrument(span.clone()),
+        );
+        let task = tokio::spawn(pipeline::run(shared.clone()).instrument(span));
+        Ok(RelayHandle {
+            shared,
+            shutdown,
+            task,
+            notifier,
         })
-    }
-
-    async fn append(
-        &self,
-        events: Vec<EventRecord>,
-        condition: Option<AppendCondition>,
-    ) -> Result<AppendResult, StoreError> {
-        self.0.append(events, condition).await
-    }
-
-    async fn head(&self) -> Result<Option<Position>, StoreError> {
-        self.0.head().await
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a relay is doing, as [`RelayHandle::status`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayStatus {
+    /// The written checkpoint: every matching event up to here was
+    /// acknowledged by the broker.
+    pub checkpoint: Position,
+    /// The highest position this instance knows acknowledged with everything
+    /// before it (ahead of the checkpoint by at most a checkpoint batch).
+    pub acknowledged: Position,
+    /// The instance holding the lease, if it is live.
+    pub leader: Option<String>,
+    /// Whether this instance is the leader.
+    pub leading: bool,
+    /// Why publishing last stopped, until the next checkpoint write.
+    pub last_error: Option<String>,
+    /// When that was.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Messages this instance had acknowledged (every route counted).
+    pub published: u64,
+    /// Times this instance's pipeline stopped on a failure.
+    pub failures: u64,
+}
 
-    #[test]
-    fn envelope_round_trips() {
-        let mut record = EventRecord {
-            event_type: EventType::new("ItemAdded"),
-            tags: vec![Tag::new("cart_id", "c1"), Tag::new("sku", "a:b")],
-            payload: br#"{"x":1}"#.to_vec(),
-            metadata: dcb_core::EventMetadata::new(),
-        };
-        wrap_envelope(&mut record);
-        let relayed = Relayed::decode("ItemAdded", &record.payload).unwrap();
-        assert_eq!(
-            relayed.tags,
-            vec![Tag::new("cart_id", "c1"), Tag::new("sku", "a:b")]
-        );
-        assert_eq!(relayed.payload, br#"{"x":1}"#);
-        assert!(unwrap_envelope(&[0, 0, 0, 1, 0, 0, 0, 9]).is_err());
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    shared: Arc<pipeline::Shared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    notifier: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The relay's name.
+    pub fn id(&self) -> &str {
+        &self.shared.id
     }
 
-    #[test]
-    fn message_has_key_and_headers() {
-        let record = EventRecord {
-            event_type: EventType::new("ItemAdded"),
-            tags: vec![Tag::new("cart_id", "c1")],
-            payload: b"{}".to_vec(),
-            metadata: dcb_core::EventMetadata::new(),
+    /// The relay's checkpoint, leader and last failure.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn status(&self) -> Result<RelayStatus, KafkaError> {
+        let row = self.shared.table.status(&self.shared.id).await?;
+        let acknowledged = *self.shared.acked.borrow();
+        let (checkpoint, leader, last_error, last_error_at) = match row {
+            Some(r) => (
+                r.position,
+                r.owner.filter(|_| r.lease_live),
+                r.last_error,
+                r.last_error_at,
+            ),
+            None => (0, None, None, None),
         };
-        let m = EventRelay::message_for("t", Some("cart_id"), Position(7), &record);
-        assert_eq!(m.key.as_deref(), Some(&b"c1"[..]));
-        let header = |n: &str| {
-            m.headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(header(HEADER_POSITION), Some(b"7".to_vec()));
-        assert_eq!(header(HEADER_EVENT_TYPE), Some(b"ItemAdded".to_vec()));
-        assert_eq!(header(HEADER_TAGS), Some(br#"["cart_id:c1"]"#.to_vec()));
+        Ok(RelayStatus {
+            checkpoint: Position(checkpoint),
+            acknowledged: Position(acknowledged.max(checkpoint)),
+            leader,
+            leading: self.shared.leading.load(Ordering::SeqCst),
+            last_error,
+            last_error_at,
+            published: self.shared.published.load(Ordering::Relaxed),
+            failures: self.shared.failures.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Waits until every matching event up to `position` is acknowledged
+    /// (by this instance, or by the leader according to the written
+    /// checkpoint), or `timeout` passed.
+    ///
+    /// # Errors
+    /// [`KafkaError::TimedOut`] naming where the relay is; database errors.
+    pub async fn wait_until(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut acked = self.shared.acked.subscribe();
+        let mut next_db_check = tokio::time::Instant::now();
+        loop {
+            if *acked.borrow_and_update() >= position.0 {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_db_check {
+                if let Some(row) = self.shared.table.status(&self.shared.id).await? {
+                    if row.position >= position.0 {
+                        return Ok(());
+                    }
+                }
+                next_db_check = now + Duration::from_millis(250);
+            }
+            if now >= deadline {
+                let status = self.status().await?;
+                return Err(KafkaError::TimedOut(format!(
+                    "relay {} did not reach position {} within {timeout:?}: acknowledged {}, \
+                     checkpoint {}, leader {:?}, last error {:?}",
+                    self.shared.id,
+                    position.0,
+                    status.acknowledged.0,
+                    status.checkpoint.0,
+                    status.leader,
+                    status.last_error
+                )));
+            }
+            let _ = tokio::time::timeout_at(next_db_check.min(deadline), acked.changed()).await;
+        }
+    }
+
+    /// Stops reading, waits (at most [`RelayConfig::send_timeout`]) for the
+    /// messages in flight to be acknowledged, writes the checkpoint and
+    /// gives the lease up.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "relay task failed");
+        }
+        let _ = self.notifier.await;
     }
 }

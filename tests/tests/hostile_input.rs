@@ -73,10 +73,7 @@ async fn check<S: EventStore + ?Sized>(store: &S, case: &Hostile) -> Result<(), 
     let Some(bad) = record(case) else {
         return Ok(());
     };
-    let condition = AppendCondition::never_matched(Query::tags([Tag::new(
-        "q",
-        &case.query_value,
-    )]));
+    let condition = AppendCondition::never_matched(Query::tags([Tag::new("q", &case.query_value)]));
     let innocent = EventRecord::new("Innocent", [Tag::new("case", "innocent")], b"{}".to_vec());
     let innocent_id = innocent.metadata.event_id;
     let (hostile, innocent) = tokio::join!(
@@ -87,13 +84,20 @@ async fn check<S: EventStore + ?Sized>(store: &S, case: &Hostile) -> Result<(), 
     match hostile {
         Ok(appended) => {
             let (_, events) = store
-                .read(&Query::all(), ReadOptions::backwards().from(appended.last).limit(1))
+                .read(
+                    &Query::all(),
+                    ReadOptions::backwards().from(appended.last).limit(1),
+                )
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?
                 .collect()
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(&events[0].record, &bad, "a stored event reads back as written");
+            prop_assert_eq!(
+                &events[0].record,
+                &bad,
+                "a stored event reads back as written"
+            );
             // And a read by its own tag finds it.
             let found = store
                 .read(&Query::tags(bad.tags.clone()), ReadOptions::forwards())
@@ -103,7 +107,9 @@ async fn check<S: EventStore + ?Sized>(store: &S, case: &Hostile) -> Result<(), 
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?
                 .1;
-            prop_assert!(found.iter().any(|e| e.record.metadata.event_id == bad.metadata.event_id));
+            prop_assert!(found
+                .iter()
+                .any(|e| e.record.metadata.event_id == bad.metadata.event_id));
         }
         Err(StoreError::InvalidRequest(message)) => {
             prop_assert!(!message.is_empty());
@@ -111,13 +117,18 @@ async fn check<S: EventStore + ?Sized>(store: &S, case: &Hostile) -> Result<(), 
         Err(other) => return Err(TestCaseError::fail(format!("unexpected error: {other:?}"))),
     }
     let (_, innocents) = store
-        .read(&Query::tags([Tag::new("case", "innocent")]), ReadOptions::forwards())
+        .read(
+            &Query::tags([Tag::new("case", "innocent")]),
+            ReadOptions::forwards(),
+        )
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?
         .collect()
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert!(innocents.iter().any(|e| e.record.metadata.event_id == innocent_id));
+    prop_assert!(innocents
+        .iter()
+        .any(|e| e.record.metadata.event_id == innocent_id));
     Ok(())
 }
 
@@ -143,7 +154,13 @@ fn run_cases<S: EventStore + 'static>(store: Arc<S>, cases: u32) -> (u32, u32) {
 async fn hostile_text_in_memory() {
     let store = Arc::new(InMemoryEventStore::new());
     let (tried, _) = run_cases(store.clone(), 256);
-    let (head, _) = store.read(&Query::none(), ReadOptions::forwards()).await.unwrap().collect().await.unwrap();
+    let (head, _) = store
+        .read(&Query::none(), ReadOptions::forwards())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     eprintln!("in memory: {tried} hostile appends tried, log head {head:?}");
 }
 

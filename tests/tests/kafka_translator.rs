@@ -2,8 +2,9 @@
 //! messages become 1,000 decisions; replaying them appends nothing; garbage
 //! and rejected messages are recorded as dead and the partition moves on; a
 //! topic deleted and created again is read from its start and its records at
-//! reused offsets are not taken for redeliveries; start-up fails clearly when
-//! the broker is unreachable.
+//! reused offsets are not taken for redeliveries; messages PostgreSQL cannot
+//! store as text end as dead records without blocking anything; start-up
+//! fails clearly when the broker is unreachable.
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`) and a
 //! broker (`KAFKA_BROKERS`; `scripts/tansu.sh start`).
@@ -195,20 +196,49 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
     assert_eq!(stats.decided, 0, "{stats:?}");
     assert_eq!(credited(&store).await, 1000, "a replay appended events");
 
-    // The first group committed its offsets: restarting it delivers nothing.
-    let again = TranslatorRunner::new(config, &group, store.clone())
+    // The first group committed its offsets: restarted, it reads only what
+    // came after. One new message per partition, each behind whatever the
+    // group would read again if its offsets had not been committed; once
+    // the three are decided, nothing else may have come (a redelivery would
+    // be counted as a duplicate, since its decision is deduped).
+    let again = TranslatorRunner::new(config.clone(), &group, store.clone())
         .add(Credits {
             topic: topic.clone(),
         })
         .start()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let stats = again.stats();
+    for partition in 0..3 {
+        publish_to(&config, &topic, partition, credit("after-restart", 1)).await;
+    }
+    let stats = again.wait_for_messages(3, Duration::from_secs(120)).await;
     again.shutdown().await;
-    assert_eq!(stats.decided, 0, "{stats:?}");
-    assert_eq!(credited(&store).await, 1000);
+    assert_eq!(stats.decided, 3, "the new messages: {stats:?}");
+    assert_eq!(
+        (stats.messages, stats.duplicates),
+        (3, 0),
+        "messages delivered again after a restart: offsets were not committed: {stats:?}"
+    );
+    assert_eq!(credited(&store).await, 1003);
     db.cleanup().await;
+}
+
+/// Publishes `payload` to one partition of `topic`.
+async fn publish_to(config: &KafkaConfig, topic: &str, partition: i32, payload: Vec<u8>) {
+    use dcb_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", config.brokers())
+        .create()
+        .expect("a producer");
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+        .partition(partition)
+        .key("k")
+        .payload(payload.as_slice());
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("publish to the test broker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,6 +290,90 @@ async fn garbage_and_rejected_messages_are_recorded_dead_and_the_partition_moves
         .expect("rejection recorded");
     assert_eq!(rejected.kind, DeadKind::Rejected);
     assert!(rejected.reason.contains("positive"), "{}", rejected.reason);
+    db.cleanup().await;
+}
+
+/// Reads accounts and refuses those with a NUL: the reason carries the raw
+/// input, as a serde or uuid error text does.
+struct PickyCredits {
+    topic: String,
+}
+
+impl Translator for PickyCredits {
+    type Decision = Credit;
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
+        let m: CreditMessage = message.json()?;
+        if m.account.starts_with('\0') {
+            return Err(format!("invalid account {}", m.account));
+        }
+        Ok(Credit {
+            account: m.account,
+            amount: m.amount,
+        })
+    }
+}
+
+/// Messages PostgreSQL cannot store anything about as text: one whose
+/// dead-record reason carries a NUL (the record used to fail, and the
+/// message was retried forever, stopping every partition of the instance),
+/// one whose decision tags an event with a NUL (the database refuses the
+/// append every time). Both end as dead records, with the reason escaped
+/// and the payload kept as sent, and the messages behind them are decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_postgres_cannot_store_end_dead_and_the_partition_moves_on() {
+    let brokers = brokers();
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let topic = unique("dcb-nul");
+    create_topic(&brokers, &topic, 1).await;
+    let config = KafkaConfig::new(&brokers);
+    let publisher = Publisher::connect(&config).await.unwrap();
+    let undecodable = br#"{"account":"\u0000x","amount":1}"#.to_vec();
+    let unstorable = br#"{"account":"y\u0000","amount":1}"#.to_vec();
+    publish(&publisher, &topic, "a", credit("a", 5)).await;
+    publish(&publisher, &topic, "b", undecodable.clone()).await;
+    publish(&publisher, &topic, "c", unstorable.clone()).await;
+    publish(&publisher, &topic, "d", credit("d", 7)).await;
+
+    let runner = TranslatorRunner::new(config, unique("dcb-nul-group"), store.clone())
+        .add(PickyCredits {
+            topic: topic.clone(),
+        })
+        .dead_after(2)
+        .retry_backoff(dcb_core::Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            ..dcb_core::Backoff::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let stats = runner.wait_for_messages(4, Duration::from_secs(60)).await;
+    let dead = runner.dead_messages(10).await.unwrap();
+    runner.shutdown().await;
+    assert_eq!(
+        (stats.messages, stats.decided, stats.dead),
+        (4, 2, 2),
+        "{stats:?}"
+    );
+    assert_eq!(credited(&store).await, 2);
+    let by_offset = |o: i64| dead.iter().find(|d| d.offset == o).expect("a dead record");
+    let first = by_offset(1);
+    assert_eq!(first.kind, DeadKind::Undecodable);
+    assert!(
+        first.reason.contains("invalid account \\u0000x"),
+        "{}",
+        first.reason
+    );
+    assert_eq!(first.payload.as_deref(), Some(undecodable.as_slice()));
+    let second = by_offset(2);
+    assert_eq!(second.kind, DeadKind::Failed, "{second:?}");
+    assert_eq!(second.payload.as_deref(), Some(unstorable.as_slice()));
     db.cleanup().await;
 }
 

@@ -3,8 +3,9 @@
 //!
 //! A message that does not decode is recorded as dead with the reason (by
 //! the translator runner) and the partition moves on; a redelivered message
-//! is a no-op, because each decision carries the message's
-//! topic/partition/offset as its idempotency key.
+//! is a no-op, because each decision carries the record's identity
+//! (`dcb_kafka::record_key`: topic, partition, offset, timestamp and a digest
+//! of the record) as its idempotency key.
 
 use async_trait::async_trait;
 use dcb_core::BoxError;

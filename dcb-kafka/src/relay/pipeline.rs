@@ -1,0 +1,620 @@
+//! The relay's task: take the lease, then read, send, collect
+//! acknowledgements in position order and checkpoint, until shutdown, a
+//! failure or the loss of the lease.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dcb_core::{EventStore, Position, Query, ReadOptions, SequencedEvent, StoreError};
+use dcb_postgres::PgEventStore;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{headers, producer, RelayConfig, Route};
+use crate::sql::relays::RelayTable;
+use crate::KafkaError;
+
+/// What the relay task and its handle share.
+pub(crate) struct Shared {
+    pub(crate) id: String,
+    /// Each with its key tag resolved.
+    pub(crate) routes: Vec<Route>,
+    /// The union of the routes' queries: what the relay reads.
+    pub(crate) read_query: Query,
+    pub(crate) cloud_events: Option<String>,
+    pub(crate) config: RelayConfig,
+    pub(crate) store: PgEventStore,
+    pub(crate) table: RelayTable,
+    pub(crate) producer: producer::Slot,
+    /// The contiguous acknowledged position while this instance leads.
+    pub(crate) acked: watch::Sender<u64>,
+    /// Bumped on every `NOTIFY` of the store.
+    pub(crate) wake: watch::Sender<u64>,
+    pub(crate) leading: AtomicBool,
+    pub(crate) published: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("id", &self.id)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a leader stopped leading.
+enum LeadEnd {
+    Shutdown,
+    Lost,
+    Failed(KafkaError),
+}
+
+/// The lease as this instance knows it: valid until a conservative local
+/// expiry (the renewal's request time plus the TTL, minus a margin for clock
+/// drift), so a leader that cannot renew stops sending before another
+/// instance may take over.
+struct Lease {
+    valid_until: Instant,
+}
+
+impl Lease {
+    fn granted_at(sent: Instant, ttl: Duration) -> Self {
+        Lease {
+            valid_until: sent + ttl.mul_f64(0.8),
+        }
+    }
+
+    fn extend(&mut self, sent: Instant, ttl: Duration) {
+        self.valid_until = self.valid_until.max(sent + ttl.mul_f64(0.8));
+    }
+
+    fn is_valid(&self) -> bool {
+        Instant::now() < self.valid_until
+    }
+}
+
+/// One entry of the pipeline; resolves, once the broker answered for each of
+/// its messages, to the position the log is covered up to with it (and
+/// everything before it) and the number of messages, or the first failure
+/// with the index of its route.
+enum Ack {
+    /// The log is read up to here (positions without a matching event).
+    Covered(u64),
+    /// An event's messages, one per route it matched.
+    Event {
+        position: u64,
+        messages: usize,
+        first: Option<(usize, DeliveryFuture)>,
+        rest: Vec<(usize, DeliveryFuture)>,
+    },
+}
+
+type Acked = (u64, Result<usize, (usize, rdkafka::error::KafkaError)>);
+
+impl Future for Ack {
+    type Output = Acked;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Acked> {
+        let (position, messages, first, rest) = match &mut *self {
+            Ack::Covered(p) => return Poll::Ready((*p, Ok(0))),
+            Ack::Event {
+                position,
+                messages,
+                first,
+                rest,
+            } => (*position, *messages, first, rest),
+        };
+        let answered =
+            |delivery: &mut DeliveryFuture, cx: &mut Context<'_>| match Pin::new(delivery).poll(cx)
+            {
+                Poll::Pending => None,
+                Poll::Ready(Ok(Ok(_))) => Some(Ok(())),
+                Poll::Ready(Ok(Err((e, _)))) => Some(Err(e)),
+                Poll::Ready(Err(_)) => Some(Err(rdkafka::error::KafkaError::Canceled)),
+            };
+        if let Some((route, delivery)) = first {
+            match answered(delivery, cx) {
+                None => return Poll::Pending,
+                Some(Err(e)) => return Poll::Ready((position, Err((*route, e)))),
+                Some(Ok(())) => *first = None,
+            }
+        }
+        while let Some((route, delivery)) = rest.last_mut() {
+            match answered(delivery, cx) {
+                None => return Poll::Pending,
+                Some(Err(e)) => return Poll::Ready((position, Err((*route, e)))),
+                Some(Ok(())) => {
+                    rest.pop();
+                }
+            }
+        }
+        Poll::Ready((position, Ok(messages)))
+    }
+}
+
+/// A checkpoint write: the position written, when the request was sent,
+/// and whether the lease was still ours.
+type Written = (u64, Instant, Result<bool, sqlx::Error>);
+
+/// What a read from the log brought.
+struct Batch {
+    events: Vec<SequencedEvent>,
+    /// Every matching event up to here is in `events` (or was read before).
+    covered: u64,
+    /// The read stopped at its limit: more may wait.
+    full: bool,
+}
+
+/// Something to put into the pipeline, in log order.
+enum Item {
+    Event(SequencedEvent),
+    /// The log is read up to here (positions without a matching event).
+    Covered(u64),
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let config = &shared.config;
+    let mut shutdown = shared.shutdown.clone();
+    let mut failures_in_a_row = 0u32;
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let sent = Instant::now();
+        let acquired = shared
+            .table
+            .acquire(&shared.id, &config.instance_id, config.lease_ttl)
+            .await;
+        let wait = match acquired {
+            Ok(Some(position)) => {
+                tracing::info!(position, "relay leading");
+                shared.leading.store(true, Ordering::SeqCst);
+                let lease = Lease::granted_at(sent, config.lease_ttl);
+                let end = lead(&shared, position, lease, &mut failures_in_a_row).await;
+                shared.leading.store(false, Ordering::SeqCst);
+                match end {
+                    LeadEnd::Shutdown => break,
+                    LeadEnd::Lost => {
+                        tracing::warn!("relay lease lost; standing by");
+                        config.lease_ttl / 3
+                    }
+                    LeadEnd::Failed(error) => {
+                        failures_in_a_row = failures_in_a_row.saturating_add(1);
+                        shared.failures.fetch_add(1, Ordering::Relaxed);
+                        let delay = config.backoff.delay(failures_in_a_row);
+                        tracing::warn!(%error, attempt = failures_in_a_row, ?delay,
+                            "relay stopped on a failure; starting again from the last \
+                             contiguous acknowledgement");
+                        delay
+                    }
+                }
+            }
+            Ok(None) => config.lease_ttl / 3,
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the relay's lease");
+                config.backoff.delay(2)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Err(error) = shared.table.release(&shared.id, &config.instance_id).await {
+        tracing::debug!(%error, "cannot release the relay's lease");
+    }
+    tracing::info!("relay stopped");
+}
+
+/// Publishes from `start` on while the lease holds.
+async fn lead(
+    shared: &Arc<Shared>,
+    start: u64,
+    mut lease: Lease,
+    failures_in_a_row: &mut u32,
+) -> LeadEnd {
+    let config = &shared.config;
+    let owner = config.instance_id.as_str();
+    let producer = shared.producer.current();
+    let mut shutdown = shared.shutdown.clone();
+    let mut wake = shared.wake.subscribe();
+
+    // The pipeline: acknowledgements in the order the events were sent.
+    let mut pipeline: FuturesOrdered<Ack> = FuturesOrdered::new();
+    let mut sent_at: VecDeque<Instant> = VecDeque::new();
+    let mut buffer: VecDeque<Item> = VecDeque::new();
+    let mut scratch = Vec::new();
+    let mut read_from = start;
+    let mut acked = start;
+    let mut written = start;
+    let mut last_write = Instant::now();
+    let mut backlog = true;
+    let mut reading: Option<BoxFuture<'static, Result<Batch, StoreError>>> = None;
+    let mut read_failures = 0u32;
+    let mut read_again_at: Option<Instant> = None;
+    let mut writing: Option<BoxFuture<'static, Written>> = None;
+    let mut renew_at = Instant::now() + config.lease_ttl / 3;
+    let mut poll_at = Instant::now() + config.poll_interval;
+    let mut draining: Option<Instant> = None;
+    shared.acked.send_replace(start);
+
+    let end = loop {
+        // Send what was read, in order, while there is room.
+        if draining.is_none() {
+            while pipeline.len() < config.max_in_flight {
+                let Some(item) = buffer.pop_front() else {
+                    break;
+                };
+                let ack = match item {
+                    Item::Covered(p) => Ack::Covered(p),
+                    Item::Event(event) => {
+                        if !lease.is_valid() {
+                            break;
+                        }
+                        match send(shared, &producer, &event, &mut scratch) {
+                            Ok(ack) => ack,
+                            Err(error) => {
+                                return stop(shared, owner, acked, written, LeadEnd::Failed(error))
+                                    .await;
+                            }
+                        }
+                    }
+                };
+                pipeline.push_back(ack);
+                sent_at.push_back(Instant::now());
+            }
+            if !lease.is_valid() {
+                break LeadEnd::Lost;
+            }
+        }
+        // Read ahead while the buffer runs low.
+        if draining.is_none()
+            && reading.is_none()
+            && backlog
+            && buffer.len() < config.batch_size
+            && read_again_at.is_none_or(|at| Instant::now() >= at)
+        {
+            backlog = false;
+            read_again_at = None;
+            // On a task of its own: decoding a batch runs beside the sends.
+            let reader = tokio::spawn(read(
+                shared.store.clone(),
+                shared.read_query.clone(),
+                read_from,
+                config.batch_size,
+            ));
+            reading = Some(
+                async move {
+                    reader.await.unwrap_or_else(|e| {
+                        Err(StoreError::Backend {
+                            source: format!("the read task failed: {e}").into(),
+                        })
+                    })
+                }
+                .boxed(),
+            );
+        }
+        // Write the checkpoint when enough was acknowledged (or on the timer
+        // below).
+        if writing.is_none()
+            && acked > written
+            && (acked - written >= config.checkpoint_every as u64
+                || last_write.elapsed() >= config.checkpoint_interval
+                || draining.is_some())
+        {
+            writing = Some(write(shared.clone(), acked).boxed());
+        }
+        if let Some(deadline) = draining {
+            if (pipeline.is_empty() || Instant::now() >= deadline)
+                && writing.is_none()
+                && acked == written
+            {
+                break LeadEnd::Shutdown;
+            }
+        }
+        let oldest = sent_at.front().copied();
+        let write_due =
+            (acked > written && writing.is_none()).then(|| last_write + config.checkpoint_interval);
+        tokio::select! {
+            biased;
+            Some(first) = pipeline.next(), if !pipeline.is_empty() => {
+                // Take every acknowledgement already in, not one per turn of
+                // the loop.
+                let mut next = Some(first);
+                let mut published = 0;
+                let mut failed = None;
+                while let Some((covered, result)) = next.take() {
+                    sent_at.pop_front();
+                    match result {
+                        Ok(messages) => {
+                            acked = covered;
+                            published += messages as u64;
+                        }
+                        Err((route, source)) => {
+                            failed = Some(KafkaError::Delivery {
+                                topic: shared.routes[route].topic.clone(),
+                                source,
+                            });
+                            break;
+                        }
+                    }
+                    next = pipeline.next().now_or_never().flatten();
+                }
+                if published > 0 {
+                    shared.published.fetch_add(published, Ordering::Relaxed);
+                    shared.acked.send_replace(acked);
+                    *failures_in_a_row = 0;
+                }
+                if let Some(error) = failed {
+                    break LeadEnd::Failed(error);
+                }
+            }
+            Some(done) = maybe(&mut writing) => {
+                writing = None;
+                let (to, sent, result) = done;
+                match result {
+                    Ok(true) => {
+                        written = to;
+                        last_write = Instant::now();
+                        lease.extend(sent, config.lease_ttl);
+                        renew_at = sent + config.lease_ttl / 3;
+                    }
+                    Ok(false) => break LeadEnd::Lost,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot write the relay's checkpoint; trying again");
+                        last_write = Instant::now();
+                    }
+                }
+            }
+            Some(result) = maybe(&mut reading) => {
+                reading = None;
+                match result {
+                    Ok(batch) => {
+                        read_failures = 0;
+                        backlog = batch.full;
+                        let advanced = batch.covered > read_from;
+                        read_from = read_from.max(batch.covered);
+                        buffer.extend(batch.events.into_iter().map(Item::Event));
+                        if advanced {
+                            buffer.push_back(Item::Covered(read_from));
+                        }
+                    }
+                    Err(error) => {
+                        read_failures = read_failures.saturating_add(1);
+                        let delay = config.backoff.delay(read_failures);
+                        tracing::warn!(%error, ?delay, "cannot read the log; trying again");
+                        backlog = true;
+                        read_again_at = Some(Instant::now() + delay);
+                    }
+                }
+            }
+            _ = sleep_until(oldest.map(|at| at + config.send_timeout)) => {
+                break LeadEnd::Failed(KafkaError::TimedOut(format!(
+                    "a message was not acknowledged within {:?}", config.send_timeout
+                )));
+            }
+            _ = tokio::time::sleep_until(renew_at) => {
+                let sent = Instant::now();
+                renew_at = sent + config.lease_ttl / 3;
+                let renewed = tokio::time::timeout(
+                    config.lease_ttl / 3,
+                    shared.table.renew(&shared.id, owner, config.lease_ttl),
+                ).await;
+                match renewed {
+                    Ok(Ok(true)) => lease.extend(sent, config.lease_ttl),
+                    Ok(Ok(false)) => break LeadEnd::Lost,
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot renew the relay's lease"),
+                    Err(_) => tracing::warn!("renewing the relay's lease timed out"),
+                }
+            }
+            _ = sleep_until(write_due) => {}
+            _ = sleep_until(read_again_at.filter(|at| *at > Instant::now())) => {}
+            _ = wake.changed() => backlog = true,
+            _ = tokio::time::sleep_until(poll_at) => {
+                poll_at = Instant::now() + config.poll_interval;
+                backlog = true;
+            }
+            _ = shutdown.changed(), if draining.is_none() => {
+                draining = Some(Instant::now() + config.send_timeout);
+            }
+            _ = sleep_until(draining.filter(|at| *at > Instant::now())), if !pipeline.is_empty() => {}
+        }
+    };
+    stop(shared, owner, acked, written, end).await
+}
+
+/// Ends a lead. After a failure or the loss of the lease, no message still
+/// held by the producer may land once publishing starts again from a
+/// checkpoint, so the producer is replaced (its queue purged); the
+/// checkpoint is written where the acknowledgements reached.
+async fn stop(shared: &Shared, owner: &str, acked: u64, written: u64, end: LeadEnd) -> LeadEnd {
+    if !matches!(end, LeadEnd::Shutdown) {
+        shared.producer.replace();
+    }
+    if let LeadEnd::Failed(error) = &end {
+        let text = error.to_string();
+        if let Err(e) = shared.table.record_error(&shared.id, owner, &text).await {
+            tracing::debug!(error = %e, "cannot record the relay's failure");
+        }
+    }
+    if acked > written && !matches!(end, LeadEnd::Lost) {
+        match shared
+            .table
+            .advance(&shared.id, owner, shared.config.lease_ttl, acked)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return LeadEnd::Lost,
+            Err(error) => tracing::warn!(%error, "cannot write the relay's checkpoint"),
+        }
+    }
+    end
+}
+
+/// Hands `event` to the producer for each route it matches.
+fn send(
+    shared: &Shared,
+    producer: &FutureProducer,
+    event: &SequencedEvent,
+    scratch: &mut Vec<u8>,
+) -> Result<Ack, KafkaError> {
+    let mut first = None;
+    let mut rest = Vec::new();
+    let mut messages = 0;
+    for (index, route) in shared.routes.iter().enumerate() {
+        if !route
+            .query
+            .matches(event.record.event_type.as_str(), &event.record.tags)
+        {
+            continue;
+        }
+        let mut owned = OwnedHeaders::new_with_capacity(9);
+        headers::each_header(
+            shared.cloud_events.as_deref(),
+            event,
+            scratch,
+            |key, value| {
+                owned = std::mem::take(&mut owned).insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            },
+        );
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&route.topic)
+            .payload(event.record.payload.as_slice())
+            .headers(owned);
+        if let Some(key) = headers::key(route.key_tag.as_deref(), event) {
+            record = record.key(key);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) if first.is_none() => first = Some((index, delivery)),
+            Ok(delivery) => rest.push((index, delivery)),
+            Err((source, _)) => {
+                return Err(KafkaError::Delivery {
+                    topic: route.topic.clone(),
+                    source,
+                })
+            }
+        }
+        messages += 1;
+    }
+    Ok(Ack::Event {
+        position: event.position.0,
+        messages,
+        first,
+        rest,
+    })
+}
+
+/// Reads up to `limit` matching events after `after`.
+async fn read(
+    store: PgEventStore,
+    query: Query,
+    after: u64,
+    limit: usize,
+) -> Result<Batch, StoreError> {
+    let options = ReadOptions::forwards().after(Position(after)).limit(limit);
+    let (head, events) = store.read(&query, options).await?.collect().await?;
+    let full = events.len() >= limit;
+    let last = events.last().map_or(after, |e| e.position.0);
+    // A read that stopped at its limit covers the log up to its last event;
+    // one that did not, up to the head it was complete up to.
+    let covered = if full {
+        last
+    } else {
+        head.map_or(after, |h| h.0).max(last)
+    };
+    Ok(Batch {
+        events,
+        covered,
+        full,
+    })
+}
+
+/// Writes the checkpoint `to`; (to, when the request was sent, whether the
+/// lease was still ours).
+async fn write(shared: Arc<Shared>, to: u64) -> Written {
+    let sent = Instant::now();
+    let config = &shared.config;
+    let result = shared
+        .table
+        .advance(&shared.id, &config.instance_id, config.lease_ttl, to)
+        .await;
+    (to, sent, result)
+}
+
+/// Polls the future in `slot` if there is one; pending forever otherwise.
+async fn maybe<T>(slot: &mut Option<BoxFuture<'static, T>>) -> Option<T> {
+    match slot {
+        Some(f) => Some(f.await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Listens on the store's channel and wakes the relay on every notification
+/// (and after reconnecting, since notifications may have been missed).
+/// Polling covers the time it is down.
+pub(crate) async fn notifier(shared: Arc<Shared>, pool: sqlx::PgPool, channel: String) {
+    let mut shutdown = shared.shutdown.clone();
+    let wake = |shared: &Shared| shared.wake.send_modify(|n| *n = n.wrapping_add(1));
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, %channel, "LISTEN failed; polling meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+        };
+        wake(&shared);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => wake(&shared),
+                    Ok(None) => wake(&shared),
+                    Err(error) => {
+                        tracing::warn!(%error, "LISTEN connection failed; reconnecting");
+                        wake(&shared);
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}

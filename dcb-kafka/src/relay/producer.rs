@@ -1,0 +1,90 @@
+//! The relay's producer, and its replacement after a failure.
+
+use std::sync::Mutex;
+
+use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
+use rdkafka::ClientConfig;
+
+use crate::{KafkaConfig, KafkaError};
+
+/// Settings the relay's guarantees rest on (see [`EventRelay`](crate::EventRelay)):
+/// an idempotent producer keeps each partition's order with up to five
+/// requests in flight; with the gapless guarantee, any error that would let
+/// a later message of a partition land after an earlier one failed is fatal
+/// to the producer (every later message fails too); and without a local
+/// message timeout (which that guarantee does not cover) no message is given
+/// up while later ones go on: the relay's own send timeout stops the whole
+/// producer instead.
+const FORCED: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("enable.gapless.guarantee", "true"),
+    ("max.in.flight.requests.per.connection", "5"),
+    ("message.timeout.ms", "0"),
+];
+
+/// Defaults a [`KafkaConfig`] option overrides: a batch waits at most 1 ms
+/// for more messages (librdkafka's 5 ms is latency a relay at a few thousand
+/// events/s pays on every event; under load the five requests in flight fill
+/// batches anyway).
+const DEFAULTS: &[(&str, &str)] = &[("linger.ms", "1")];
+
+/// The producer in use, replaced by a new one (a new producer id) after a
+/// failure.
+pub(crate) struct Slot {
+    config: ClientConfig,
+    current: Mutex<FutureProducer>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    pub(crate) fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        let config = kafka.client_config(DEFAULTS, FORCED);
+        let producer = create(&config)?;
+        Ok(Slot {
+            config,
+            current: Mutex::new(producer),
+        })
+    }
+
+    pub(crate) fn current(&self) -> FutureProducer {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Drops every message the current producer still holds (none of them
+    /// may land after the pipeline starts again), and puts a new producer
+    /// in its place.
+    pub(crate) fn replace(&self) {
+        let fresh = match create(&self.config) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::error!(%error, "cannot create a new producer; keeping the old one");
+                self.current()
+                    .purge(PurgeConfig::default().queue().inflight());
+                return;
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self.current.lock().unwrap_or_else(|p| p.into_inner()),
+            fresh,
+        );
+        old.purge(PurgeConfig::default().queue().inflight());
+        // Destroying a client waits for its threads, which may be talking to
+        // a broker that is gone: not on an async thread.
+        std::thread::spawn(move || drop(old));
+    }
+}
+
+fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaError> {
+    config
+        .create()
+        .map_err(|e| KafkaError::Config(e.to_string()))
+}
