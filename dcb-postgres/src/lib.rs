@@ -17,8 +17,10 @@ pub mod snapshot;
 mod sql;
 mod store;
 pub mod testing;
+pub mod text;
 mod writer;
 
+pub use error::DatabaseError;
 pub use store::{
     PgEventStore, PgEventStoreBuilder, DEFAULT_MAX_BATCH_SIZE, DEFAULT_SCHEMA, READ_PAGE_SIZE,
 };

@@ -80,6 +80,7 @@ pub use dcb_core::{Backoff, ListenerState, DEFAULT_PARK_AFTER};
 
 use handler::{Handler, Registered};
 use sql::Statements;
+pub use sql::{COMPONENT, STEPS};
 
 /// The transaction a [`TransactionalListener`] receives: the one in which its
 /// checkpoint advances. Write through `&mut **tx`.
@@ -437,7 +438,9 @@ impl ListenerRunner {
                 return Err(ListenerError::DuplicateListener(registered.id.clone()));
             }
         }
-        crate::migrations::run(&self.pool, &self.schema, sql::COMPONENT, sql::STEPS).await?;
+        crate::migrations::run(&self.pool, &self.schema, sql::COMPONENT, sql::STEPS)
+            .await
+            .map_err(sqlx::Error::from)?;
         let statements = Statements::new(&self.schema);
         for (registered, _) in &self.listeners {
             sqlx::query(&statements.ensure)

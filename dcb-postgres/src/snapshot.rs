@@ -28,14 +28,7 @@ pub const SNAPSHOTS_COMPONENT: &str = "snapshots";
 /// step; append a new one.
 pub const SNAPSHOTS_STEPS: &[&str] = &[
     // 1: one row per snapshot key.
-    r#"
-CREATE TABLE IF NOT EXISTS {schema}.snapshots (
-    key      text        PRIMARY KEY,
-    position bigint      NOT NULL,
-    payload  bytea       NOT NULL,
-    saved_at timestamptz NOT NULL DEFAULT now()
-);
-"#,
+    include_str!("snapshot/migrations/0001_snapshots.sql"),
 ];
 
 /// Snapshots in table `{schema}.snapshots` (one row per key), usually the

@@ -2,36 +2,13 @@
 //! schema.
 
 /// The migration component name of the listener tables.
-pub(crate) const COMPONENT: &str = "listeners";
+pub const COMPONENT: &str = "listeners";
 
 /// The listener tables' migration steps, in order. Never edit a released
 /// step; append a new one.
-pub(crate) const STEPS: &[&str] = &[
+pub const STEPS: &[&str] = &[
     // 1: checkpoints (with the lease and the last failure) and parked events.
-    r#"
-CREATE TABLE IF NOT EXISTS {schema}.listener_checkpoints (
-    listener_id    text        PRIMARY KEY,
-    position       bigint      NOT NULL DEFAULT 0,
-    owner          text,
-    lease_until    timestamptz,
-    state          text        NOT NULL DEFAULT 'stopped',
-    attempts       integer     NOT NULL DEFAULT 0,
-    error_position bigint,
-    last_error     text,
-    last_error_at  timestamptz,
-    updated_at     timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS {schema}.parked_events (
-    listener_id text        NOT NULL,
-    position    bigint      NOT NULL,
-    event_type  text        NOT NULL,
-    event_id    uuid,
-    error       text        NOT NULL,
-    attempts    integer     NOT NULL,
-    parked_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (listener_id, position)
-);
-"#,
+    include_str!("migrations/0001_checkpoints.sql"),
 ];
 
 /// Every statement, with the schema filled in.

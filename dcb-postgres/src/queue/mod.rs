@@ -95,62 +95,15 @@ pub const COMPONENT: &str = "work_queue";
 pub const STEPS: &[&str] = &[
     // 1: the jobs table, the dedupe index over live jobs, and the indexes
     //    that claiming, reaping and the operations API use.
-    r#"
-CREATE TABLE IF NOT EXISTS {schema}.jobs (
-    id                    uuid        PRIMARY KEY,
-    queue                 text        NOT NULL,
-    kind                  text        NOT NULL,
-    payload               jsonb       NOT NULL,
-    state                 text        NOT NULL DEFAULT 'ready'
-                          CHECK (state IN ('ready', 'running', 'succeeded', 'dead', 'cancelled')),
-    priority              integer     NOT NULL DEFAULT 0,
-    run_at                timestamptz NOT NULL DEFAULT now(),
-    attempt               integer     NOT NULL DEFAULT 0,
-    max_attempts          integer     CHECK (max_attempts IS NULL OR max_attempts > 0),
-    deadline              timestamptz,
-    dedupe_key            text,
-    triggered_by_event    uuid,
-    triggered_by_position bigint,
-    lease_token           uuid,
-    lease_until           timestamptz,
-    locked_by             text,
-    doomed                boolean     NOT NULL DEFAULT false,
-    last_error            text,
-    created_at            timestamptz NOT NULL DEFAULT now(),
-    updated_at            timestamptz NOT NULL DEFAULT now(),
-    finished_at           timestamptz
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedupe ON {schema}.jobs (kind, dedupe_key)
-    WHERE dedupe_key IS NOT NULL AND state IN ('ready', 'running', 'dead');
-CREATE INDEX IF NOT EXISTS jobs_due ON {schema}.jobs (queue, priority DESC, run_at, id)
-    WHERE state = 'ready';
-CREATE INDEX IF NOT EXISTS jobs_leases ON {schema}.jobs (lease_until)
-    WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS jobs_finished ON {schema}.jobs (state, finished_at)
-    WHERE state IN ('succeeded', 'dead', 'cancelled');
-"#,
-    // 2: claims without a sort. `jobs_due` leads with the queue, so a claim
-    //    for `queue = ANY(...)` could not use its order: every claim read
-    //    and sorted all ready jobs (~165 ms at 100k). A claim now walks
-    //    `jobs_claim` once per (queue, kind) it serves, already in claim
-    //    order, and stops after its batch; `jobs_ready_at` answers "when is
-    //    the next job due" without reading a backlog of scheduled jobs. Both
-    //    hold ready jobs only: running and finished jobs never enter a scan.
-    //    The table churns (every job is updated at least twice), so vacuum it
-    //    early: until it is vacuumed, the entries of claimed jobs stay at the
+    include_str!("migrations/0001_jobs.sql"),
+    // 2: claims without a sort: `jobs_claim` is walked once per (queue,
+    //    kind) a claim serves, already in claim order, stopping after the
+    //    batch; `jobs_ready_at` answers "when is the next job due" without
+    //    reading a backlog of scheduled jobs. Both hold ready jobs only. The
+    //    table churns (every job is updated at least twice), so it is
+    //    vacuumed early: until then, the entries of claimed jobs stay at the
     //    head of `jobs_claim`, where every claim steps over them.
-    r#"
-DROP INDEX IF EXISTS {schema}.jobs_due;
-CREATE INDEX IF NOT EXISTS jobs_claim ON {schema}.jobs (queue, kind, priority DESC, run_at, id)
-    WHERE state = 'ready';
-CREATE INDEX IF NOT EXISTS jobs_ready_at ON {schema}.jobs (queue, kind, run_at)
-    WHERE state = 'ready';
-ALTER TABLE {schema}.jobs SET (
-    autovacuum_vacuum_scale_factor = 0.02,
-    autovacuum_vacuum_insert_scale_factor = 0.02,
-    autovacuum_analyze_scale_factor = 0.05
-);
-"#,
+    include_str!("migrations/0002_claim_indexes.sql"),
 ];
 
 /// What the work queue can fail with.
@@ -422,7 +375,9 @@ impl WorkQueue {
     /// # Errors
     /// An invalid schema name or a database error.
     pub async fn migrate(&self) -> Result<(), QueueError> {
-        migrations::run(&self.pool, &self.schema, COMPONENT, STEPS).await?;
+        migrations::run(&self.pool, &self.schema, COMPONENT, STEPS)
+            .await
+            .map_err(sqlx::Error::from)?;
         Ok(())
     }
 
