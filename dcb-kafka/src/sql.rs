@@ -37,7 +37,9 @@ ALTER TABLE {schema}.kafka_dead_messages ADD PRIMARY KEY (group_id, record_key);
 
 /// Applies this crate's steps to `schema`.
 pub(crate) async fn migrate(pool: &sqlx::PgPool, schema: &str) -> Result<(), sqlx::Error> {
-    dcb_postgres::migrations::run(pool, schema, COMPONENT, STEPS).await
+    dcb_postgres::migrations::run(pool, schema, COMPONENT, STEPS)
+        .await
+        .map_err(sqlx::Error::from)
 }
 
 pub(crate) fn render(sql: &str, schema: &str) -> String {
