@@ -56,6 +56,11 @@ impl PgSnapshotStore {
         let schema = schema.into();
         migrations::validate_schema(&schema)
             .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        Ok(Self::for_schema(pool, schema))
+    }
+
+    /// For a schema already validated (the store's).
+    pub(crate) fn for_schema(pool: PgPool, schema: String) -> Self {
         let load_sql = migrations::render(
             "SELECT position, payload FROM {schema}.snapshots WHERE key = $1",
             &schema,
@@ -67,12 +72,12 @@ impl PgSnapshotStore {
                 WHERE s.position <= EXCLUDED.position",
             &schema,
         );
-        Ok(PgSnapshotStore {
+        PgSnapshotStore {
             pool,
             schema,
             load_sql,
             save_sql,
-        })
+        }
     }
 
     /// The schema holding the table.

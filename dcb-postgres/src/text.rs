@@ -48,6 +48,56 @@ pub fn bounded(text: &str, max_bytes: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}{note}", &escaped[..end]))
 }
 
+/// `text` if PostgreSQL can store it as is (no NUL, at most `max_bytes`),
+/// else a description of what is wrong, naming `field`.
+pub(crate) fn check(field: &str, text: &str, max_bytes: usize) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err(format!(
+            "{field} contains a NUL character, which PostgreSQL cannot store: {:?}",
+            storable(text)
+        ));
+    }
+    if text.len() > max_bytes {
+        return Err(format!(
+            "{field} is {} bytes long; at most {max_bytes} are allowed",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The first JSON string (key or value) in `value` that holds a NUL, as a
+/// path such as `$.items[2].name`.
+pub(crate) fn json_nul_path(value: &serde_json::Value) -> Option<String> {
+    fn walk(value: &serde_json::Value, path: &mut String) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(key, item)| {
+                let len = path.len();
+                path.push('.');
+                path.push_str(&storable(key));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = "$".to_string();
+    walk(value, &mut path).then_some(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +114,19 @@ mod tests {
         let cut = storable(&nuls);
         assert!(cut.len() <= MAX_TEXT_BYTES && !cut.contains('\0'));
         assert_eq!(bounded("abc", 0), "abc");
+    }
+
+    #[test]
+    fn checks_and_finds_nul_in_json() {
+        assert!(check("kind", "ok", 10).is_ok());
+        assert!(check("kind", "a\0", 10).unwrap_err().contains("kind"));
+        assert!(check("kind", "0123456789x", 10)
+            .unwrap_err()
+            .contains("11 bytes"));
+        let value = serde_json::json!({"a": [1, {"b": "x\u{0}"}]});
+        assert_eq!(json_nul_path(&value).as_deref(), Some("$.a[1].b"));
+        assert_eq!(json_nul_path(&serde_json::json!({"a": "b"})), None);
+        let key = serde_json::json!({"k\u{0}": 1});
+        assert_eq!(json_nul_path(&key).as_deref(), Some("$.k\\0"));
     }
 }

@@ -155,9 +155,10 @@ impl JobError {
     }
 
     /// Retry no sooner than `delay` (instead of the backoff), e.g. what a
-    /// rate limit asked for. Still bounded by attempts and deadline.
+    /// rate limit asked for. Still bounded by attempts and deadline, and at
+    /// most [`MAX_DELAY`](dcb_core::MAX_DELAY) (a longer wait is that long).
     pub fn retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.retry_after = Some(delay.min(dcb_core::MAX_DELAY));
         self
     }
 
