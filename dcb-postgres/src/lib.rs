@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod batch_tests;
+mod components;
 mod error;
 #[cfg(test)]
 mod explain_tests;
