@@ -131,6 +131,7 @@ async fn a_rebuild_asked_through_the_database_runs_on_the_leader_in_another_proc
         if progress.done {
             break progress;
         }
+        // (A target of 0: the leader has not taken the request up yet.)
         assert!(
             progress.position < progress.target || progress.target.0 == 0,
             "at its target, yet not done: {progress:?}"

@@ -517,6 +517,7 @@ async fn a_lease_lost_while_running_cancels_the_attempt() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(admin(&queue).cancel(id).await.unwrap());
+    let cancelled = info(&queue, id).await;
     let until = Instant::now() + Duration::from_secs(30);
     while !batcher.saw_cancel.load(Ordering::SeqCst) {
         assert!(
@@ -529,7 +530,12 @@ async fn a_lease_lost_while_running_cancels_the_attempt() {
     // latest); its outcome is refused.
     let report = workers.shutdown(Duration::from_secs(30)).await;
     assert_eq!(report.released, 0);
-    assert_eq!(info(&queue, id).await.state, JobState::Cancelled);
+    let after = info(&queue, id).await;
+    assert_eq!(after.state, JobState::Cancelled);
+    assert_eq!(
+        after.updated_at, cancelled.updated_at,
+        "written after the cancel"
+    );
     assert!(done_events(&store).await.is_empty());
     assert_eq!(batcher.runs_of(id), vec![1]);
     store.shutdown().await;

@@ -159,7 +159,7 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
         .start()
         .await
         .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(10)).await;
+    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -240,7 +240,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start first worker");
-    let running = wait_for_state(&queue, id, JobState::Running, Duration::from_secs(10)).await;
+    let running = wait_for_state(&queue, id, JobState::Running, Duration::from_secs(30)).await;
     assert_eq!(running.locked_by.as_deref(), Some("first-worker"));
     while first_runs.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -258,7 +258,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(10)).await;
+    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
     assert_eq!(done_events(&store, id).await, 1);
@@ -274,6 +274,11 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
     assert_eq!(after.state, JobState::Succeeded);
     assert_eq!(after.attempt, 2);
     assert_eq!(after.locked_by.as_deref(), Some("second-worker"));
+    // Not a write to the job since the second worker completed it.
+    assert_eq!(
+        (after.updated_at, after.finished_at),
+        (done.updated_at, done.finished_at)
+    );
     assert_eq!(done_events(&store, id).await, 1);
     assert_eq!(first_runs.load(Ordering::SeqCst), 1);
     assert_eq!(second_runs.load(Ordering::SeqCst), 1);

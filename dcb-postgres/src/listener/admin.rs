@@ -334,15 +334,14 @@ impl ListenerAdmin {
         let handled_before = get_i64("handled_before")?.unwrap_or(0);
         let elapsed: Option<f64> = row.try_get("elapsed")?;
         let elapsed = Duration::from_secs_f64(elapsed.unwrap_or(0.0).clamp(0.0, 1e12));
-        let done = info.state == RequestState::Done;
-        let (position, handled) = if done {
+        let replaying =
+            info.state == RequestState::Running && generation == get_i64("checkpoint_generation")?;
+        let (position, handled) = if info.state == RequestState::Done {
             (
                 get_i64("reached")?.unwrap_or(0),
                 get_i64("handled_after")?.unwrap_or(handled_before),
             )
-        } else if info.state == RequestState::Running
-            && generation == get_i64("checkpoint_generation")?
-        {
+        } else if replaying {
             (
                 get_i64("checkpoint")?.unwrap_or(0),
                 get_i64("handled")?.unwrap_or(handled_before),
@@ -351,6 +350,9 @@ impl ListenerAdmin {
             (0, handled_before)
         };
         let position = u64::try_from(position).unwrap_or(0);
+        // Done once recorded, or once the checkpoint reached the target in
+        // the rebuild's generation (the leader records it right after).
+        let done = info.state == RequestState::Done || (replaying && position >= target);
         let events_done = u64::try_from(handled - handled_before).unwrap_or(0);
         let fraction = if done || target == 0 {
             if info.state == RequestState::Pending {

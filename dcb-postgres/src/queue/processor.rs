@@ -167,6 +167,37 @@ impl JobError {
         self.permanent
     }
 
+    /// Whether a retry may help (the error is not permanent); the worker
+    /// retries such a failure while the job's attempts and deadline allow.
+    pub fn is_retryable(&self) -> bool {
+        !self.permanent
+    }
+
+    /// Whether the cause is an outage: the event store or the database
+    /// could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&*self.source);
+        while let Some(error) = current {
+            if let Some(e) = error.downcast_ref::<StoreError>() {
+                if e.is_unavailable() {
+                    return true;
+                }
+            }
+            if let Some(e) = error.downcast_ref::<crate::DatabaseError>() {
+                if e.is_unavailable() {
+                    return true;
+                }
+            }
+            if let Some(e) = error.downcast_ref::<sqlx::Error>() {
+                if crate::error::is_unavailable(e) {
+                    return true;
+                }
+            }
+            current = error.source();
+        }
+        false
+    }
+
     /// The requested retry delay, if any.
     pub fn requested_delay(&self) -> Option<Duration> {
         self.retry_after

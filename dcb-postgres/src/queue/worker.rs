@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::job::{ClaimedJob, JobId, DEFAULT_BACKOFF, DEFAULT_QUEUE, MAX_NAME_BYTES};
 use super::processor::{Erased, ErasedProcessor, Processor};
-use super::{QueueError, WorkQueue};
+use super::{QueueAdmin, QueueError, WorkQueue};
 use crate::text;
 use ledger::LedgerOp;
 
@@ -197,6 +197,7 @@ impl Workers {
         let heartbeat = self.heartbeat.unwrap_or(self.lease / 3);
         let (ledger_tx, ledger_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            admin: self.queue.admin(),
             queue: self.queue,
             store: self.store,
             kinds: self.processors.keys().cloned().collect(),
@@ -279,6 +280,8 @@ impl WorkersHandle {
 
 struct Shared {
     queue: WorkQueue,
+    /// The operations API, to look for jobs nobody serves.
+    admin: QueueAdmin,
     store: Arc<dyn EventStore>,
     processors: HashMap<String, Arc<dyn ErasedProcessor>>,
     kinds: Vec<String>,

@@ -51,7 +51,7 @@ pub(super) async fn retire(shared: &Shared) {
 /// live worker set serves (each pair at most every [`WARN_EVERY`]).
 pub(super) async fn tick(shared: &Shared, warned: &mut HashMap<(String, String), Instant>) {
     announce(shared).await;
-    let unserved = match shared.queue.admin().unserved().await {
+    let unserved = match shared.admin.unserved().await {
         Ok(unserved) => unserved,
         Err(error) => {
             tracing::debug!(%error, "could not look for unserved jobs");
