@@ -173,6 +173,9 @@ async fn a_rebuild_asked_through_the_database_runs_on_the_leader_in_another_proc
         admin.request_reset("no-such-listener").await,
         Err(ListenerError::UnknownListener(_))
     ));
+    assert_eq!(admin.requests("tick-counter", 10).await.unwrap().len(), 1);
+    assert_eq!(admin.purge_requests(Duration::ZERO).await.unwrap(), 1);
+    assert!(admin.request_info(request).await.unwrap().is_none());
 
     drop(child.stdin.take());
     tokio::time::timeout(WAIT, child.wait())

@@ -376,6 +376,19 @@ impl ListenerAdmin {
         })
     }
 
+    /// Forgets finished (done or failed) requests older than `older_than`;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn purge_requests(&self, older_than: Duration) -> Result<u64, ListenerError> {
+        let done = sqlx::query(&self.sql.purge_requests)
+            .bind(older_than.min(dcb_core::MAX_DELAY).as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Waits until `request` is done or failed, polling the database, up to
     /// `timeout`; returns it as recorded.
     ///

@@ -104,6 +104,8 @@ pub(crate) struct Statements {
     pub(crate) request_by_id: String,
     /// `$1` id, `$2` limit: the listener's requests, newest first.
     pub(crate) requests: String,
+    /// `$1` age seconds: forgets finished requests older than that.
+    pub(crate) purge_requests: String,
 }
 
 /// The columns [`Statements::request_by_id`] and [`Statements::requests`]
@@ -271,6 +273,10 @@ impl Statements {
                 "SELECT {REQUEST_COLUMNS} FROM {rq} r \
                  JOIN {cp} c ON c.listener_id = r.listener_id \
                  WHERE r.listener_id = $1 ORDER BY r.id DESC LIMIT $2"
+            ),
+            purge_requests: format!(
+                "DELETE FROM {rq} WHERE state IN ('done', 'failed') \
+                   AND finished_at < clock_timestamp() - make_interval(secs => $1::float8)"
             ),
         }
     }
