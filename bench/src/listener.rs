@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::{BoxError, Event, EventStore, Listener, Position, Sequenced, TransactionalListener};
-use dcb_postgres::listener::{ListenerRunner, PgTransaction, RunnerConfig, RunnerHandle};
+use dcb_postgres::listener::{PgTransaction, RunnerConfig, RunnerHandle};
 
 use crate::append::preload;
 use crate::cart::CartEvent;
@@ -204,7 +204,8 @@ async fn catch_up_and_project(
     // (1) A no-op listener from the start of the log to its head.
     say(&format!("listener: no-op catch-up over {head} events"));
     let t0 = Instant::now();
-    let runner = ListenerRunner::new(store)
+    let runner = store
+        .listeners()
         .config(config())
         .at_least_once(Noop)
         .start()
@@ -233,7 +234,8 @@ async fn catch_up_and_project(
         "listener: transactional projection over {target} events"
     ));
     let t0 = Instant::now();
-    let runner = ListenerRunner::new(store)
+    let runner = store
+        .listeners()
         .config(config())
         .transactional(Projection {
             insert: format!("INSERT INTO {table} (position, cart_id, kind) VALUES ($1, $2, $3)"),
@@ -301,7 +303,8 @@ pub async fn send_pings(
 async fn live(store: &PgEventStore, window: Duration) -> Result<Row, String> {
     say(&format!("listener: live latency at {LIVE_RATE} appends/s"));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let runner = ListenerRunner::new(store)
+    let runner = store
+        .listeners()
         .at_least_once(PingRecorder { seen: seen.clone() })
         .start()
         .await

@@ -121,7 +121,7 @@ pub async fn worker_process(url: &str, args: &[String]) -> Result<(), String> {
         .connect(url)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let queue = WorkQueue::new(pool.clone(), schema.as_str());
+    let queue = WorkQueue::new(pool.clone(), schema.as_str()).map_err(|e| e.to_string())?;
     let noop = NoopJob::default();
     let runs = noop.runs.clone();
     let workers = Workers::new(queue, InMemoryEventStore::new())
@@ -185,7 +185,7 @@ async fn new_queue(pool: &sqlx::PgPool, schema: &str) -> Result<WorkQueue, Strin
         .execute(pool)
         .await
         .map_err(|e| format!("create schema {schema}: {e}"))?;
-    let queue = WorkQueue::new(pool.clone(), schema);
+    let queue = WorkQueue::new(pool.clone(), schema).map_err(|e| e.to_string())?;
     queue
         .migrate()
         .await
@@ -282,6 +282,7 @@ async fn burn_down(
     }
     let elapsed = result?;
     let counts = queue
+        .admin()
         .counts(None)
         .await
         .map_err(|e| format!("counts: {e}"))?;
@@ -374,6 +375,7 @@ async fn notify_latency(
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let counts = queue
+                .admin()
                 .counts(None)
                 .await
                 .map_err(|e| format!("counts: {e}"))?;

@@ -27,7 +27,9 @@ pub const STEPS: &[&str] = &[
 
 /// Applies this crate's steps to `schema`.
 pub(crate) async fn migrate(pool: &sqlx::PgPool, schema: &str) -> Result<(), sqlx::Error> {
-    dcb_postgres::migrations::run(pool, schema, COMPONENT, STEPS).await
+    dcb_postgres::migrations::run(pool, schema, COMPONENT, STEPS)
+        .await
+        .map_err(sqlx::Error::from)
 }
 
 /// `sql` with `{schema}` replaced, after checking that `schema` is a plain

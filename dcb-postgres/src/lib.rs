@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod batch_tests;
+mod components;
 mod error;
 #[cfg(test)]
 mod explain_tests;
@@ -17,8 +18,10 @@ pub mod snapshot;
 mod sql;
 mod store;
 pub mod testing;
+pub mod text;
 mod writer;
 
+pub use error::DatabaseError;
 pub use store::{
     PgEventStore, PgEventStoreBuilder, DEFAULT_MAX_BATCH_SIZE, DEFAULT_OUTCOME_TIMEOUT,
     DEFAULT_SCHEMA, READ_PAGE_SIZE,

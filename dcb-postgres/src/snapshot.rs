@@ -28,14 +28,7 @@ pub const SNAPSHOTS_COMPONENT: &str = "snapshots";
 /// step; append a new one.
 pub const SNAPSHOTS_STEPS: &[&str] = &[
     // 1: one row per snapshot key.
-    r#"
-CREATE TABLE IF NOT EXISTS {schema}.snapshots (
-    key      text        PRIMARY KEY,
-    position bigint      NOT NULL,
-    payload  bytea       NOT NULL,
-    saved_at timestamptz NOT NULL DEFAULT now()
-);
-"#,
+    include_str!("snapshot/migrations/0001_snapshots.sql"),
 ];
 
 /// Snapshots in table `{schema}.snapshots` (one row per key), usually the
@@ -63,6 +56,11 @@ impl PgSnapshotStore {
         let schema = schema.into();
         migrations::validate_schema(&schema)
             .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        Ok(Self::for_schema(pool, schema))
+    }
+
+    /// For a schema already validated (the store's).
+    pub(crate) fn for_schema(pool: PgPool, schema: String) -> Self {
         let load_sql = migrations::render(
             "SELECT position, payload FROM {schema}.snapshots WHERE key = $1",
             &schema,
@@ -74,12 +72,12 @@ impl PgSnapshotStore {
                 WHERE s.position <= EXCLUDED.position",
             &schema,
         );
-        Ok(PgSnapshotStore {
+        PgSnapshotStore {
             pool,
             schema,
             load_sql,
             save_sql,
-        })
+        }
     }
 
     /// The schema holding the table.

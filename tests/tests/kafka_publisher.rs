@@ -100,7 +100,7 @@ struct Setup {
 async fn setup() -> Setup {
     let db = TestDatabase::create().await;
     let store = db.store().await;
-    let queue = WorkQueue::new(db.pool().clone(), "dcb");
+    let queue = WorkQueue::new(db.pool().clone(), "dcb").unwrap();
     queue.migrate().await.unwrap();
     Setup { db, store, queue }
 }
@@ -108,7 +108,7 @@ async fn setup() -> Setup {
 async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState, within: Duration) -> u32 {
     let start = Instant::now();
     loop {
-        let job = queue.job(id).await.unwrap().expect("job exists");
+        let job = queue.admin().job(id).await.unwrap().expect("job exists");
         if job.state == state {
             return job.attempt;
         }
@@ -187,7 +187,7 @@ async fn broker_down_retries_with_backoff_and_records_the_success_once_when_it_r
     // Several attempts fail while the broker is down.
     let start = Instant::now();
     loop {
-        let info = s.queue.job(id).await.unwrap().unwrap();
+        let info = s.queue.admin().job(id).await.unwrap().unwrap();
         assert_ne!(
             info.state,
             JobState::Succeeded,

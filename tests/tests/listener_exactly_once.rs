@@ -40,23 +40,11 @@ async fn spawn_child(url: &str, instance: &str) -> Child {
     child
 }
 
-/// Count, ticks up to the checkpoint, and duplicate rows.
+/// Count, ticks up to the checkpoint, and duplicate rows, read in one
+/// snapshot (a batch the killed child sent its commit for may still commit
+/// after the kill, and must not fall between two reads).
 async fn check_consistent(pool: &sqlx::PgPool, context: &str) -> (i64, i64) {
-    let checkpoint = support::checkpoint(pool, LISTENER).await;
-    let count = support::tick_count(pool).await;
-    let expected: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM dcb.events WHERE event_type = 'Tick' AND position <= $1",
-    )
-    .bind(checkpoint)
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let duplicates: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT position FROM tick_seen GROUP BY position HAVING count(*) > 1) d",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let (checkpoint, count, expected, duplicates) = support::snapshot(pool, LISTENER).await;
     assert_eq!(duplicates, 0, "{context}: an event was counted twice");
     assert_eq!(
         count, expected,

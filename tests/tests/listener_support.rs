@@ -82,15 +82,17 @@ pub fn ticks_only() -> Query {
     Query::types(["Tick"])
 }
 
-/// Creates the projection tables: `tick_count` (one counter row) and
+/// Creates the projection tables: `tick_count` (one counter row),
 /// `tick_seen` (one row per handled event, with the instance that handled
-/// it).
+/// it) and `tick_resets` (one row per reset of the projection).
 pub async fn create_projection(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS tick_count (id int PRIMARY KEY, n bigint NOT NULL);
          INSERT INTO tick_count VALUES (1, 0) ON CONFLICT DO NOTHING;
          CREATE TABLE IF NOT EXISTS tick_seen (
              position bigint NOT NULL, instance text NOT NULL,
+             at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE TABLE IF NOT EXISTS tick_resets (
              at timestamptz NOT NULL DEFAULT clock_timestamp());",
     )
     .execute(pool)
@@ -145,8 +147,30 @@ impl TransactionalListener<PgTransaction> for TickCounter {
         sqlx::query("DELETE FROM tick_seen")
             .execute(&mut **tx)
             .await?;
+        sqlx::query("INSERT INTO tick_resets DEFAULT VALUES")
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
+}
+
+/// In one snapshot: the checkpoint of `id`, the count the projection holds,
+/// the ticks in the log up to that checkpoint, and how many positions
+/// `tick_seen` holds more than once.
+pub async fn snapshot(pool: &PgPool, id: &str) -> (i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT c.position, (SELECT n FROM tick_count WHERE id = 1),
+             (SELECT count(*) FROM dcb.events
+              WHERE event_type = 'Tick' AND position <= c.position),
+             (SELECT count(*) FROM (
+                 SELECT position FROM tick_seen GROUP BY position HAVING count(*) > 1) d)
+         FROM (SELECT COALESCE((SELECT position FROM dcb.listener_checkpoints
+                                WHERE listener_id = $1), 0) AS position) c",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("read the projection's snapshot")
 }
 
 /// The count the projection holds.

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions};
 use dcb_postgres::queue::{
-    ClaimedJob, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor, WorkQueue,
-    Workers,
+    ClaimedJob, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor, QueueAdmin,
+    WorkQueue,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
@@ -29,6 +29,9 @@ struct BatchJob {
     hook: bool,
     /// Wait (up to 10 s) for the attempt to be cancelled.
     wait_for_cancel: bool,
+    /// Wait until the test opens the batcher's gate.
+    #[serde(default)]
+    wait_for_gate: bool,
 }
 
 fn batch_job() -> BatchJob {
@@ -36,15 +39,27 @@ fn batch_job() -> BatchJob {
         sleep_ms: 0,
         hook: false,
         wait_for_cancel: false,
+        wait_for_gate: false,
     }
 }
 
 /// Counts runs per job; optionally sleeps, waits for cancellation, records
 /// a success event.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Batcher {
     runs: Arc<Mutex<HashMap<JobId, Vec<u32>>>>,
     saw_cancel: Arc<AtomicBool>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher {
+            runs: Arc::default(),
+            saw_cancel: Arc::default(),
+            gate: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl Batcher {
@@ -72,6 +87,9 @@ impl Processor for Batcher {
             .push(ctx.attempt());
         if job.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+        }
+        if job.wait_for_gate {
+            let _ = self.gate.subscribe().wait_for(|open| *open).await;
         }
         if job.wait_for_cancel
             && tokio::time::timeout(Duration::from_secs(10), ctx.cancelled())
@@ -103,7 +121,7 @@ impl Processor for Batcher {
 async fn setup() -> (TestDatabase, PgEventStore, WorkQueue) {
     let db = TestDatabase::create().await;
     let store = db.store().await;
-    let queue = WorkQueue::new(db.pool().clone(), store.schema());
+    let queue = store.queue();
     queue.migrate().await.expect("migrate queue");
     (db, store, queue)
 }
@@ -133,7 +151,49 @@ async fn claim(queue: &WorkQueue, limit: usize, lease: Duration, worker: &str) -
 }
 
 async fn info(queue: &WorkQueue, id: JobId) -> JobInfo {
-    queue.job(id).await.expect("read").expect("job exists")
+    admin(queue)
+        .job(id)
+        .await
+        .expect("read")
+        .expect("job exists")
+}
+
+fn admin(queue: &WorkQueue) -> QueueAdmin {
+    queue.admin()
+}
+
+/// Waits (up to 30 s) until the database's clock is past `at`.
+async fn wait_past(queue: &WorkQueue, at: chrono::DateTime<chrono::Utc>) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(queue.pool())
+            .await
+            .unwrap();
+        if now > at {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the database clock never passed {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reaps until `n` expired leases were put back (up to 30 s).
+async fn reap(queue: &WorkQueue, n: u64) {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut reaped = 0;
+    while reaped < n {
+        reaped += queue.reap_expired().await.unwrap();
+        assert!(
+            Instant::now() < until,
+            "only {reaped} of {n} leases expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reaped, n);
 }
 
 async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState) -> JobInfo {
@@ -178,8 +238,7 @@ async fn batch_completion_is_fenced_per_job() {
     // C's first lease runs out; it is reaped and claimed again.
     let stale = claim(&queue, 1, Duration::from_millis(100), "w1").await;
     assert_eq!(stale[0].id, c);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(queue.reap_expired().await.unwrap(), 1);
+    reap(&queue, 1).await;
     let fresh = claim(&queue, 1, Duration::from_secs(30), "w2").await;
     assert_eq!((fresh[0].id, fresh[0].attempt), (c, 2));
 
@@ -214,52 +273,57 @@ async fn batch_completion_is_fenced_per_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_heartbeat_renews_every_lease_and_reports_each_lost_one() {
     let (db, store, queue) = setup().await;
-    let lease = Duration::from_millis(400);
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(enqueue(&db, &queue, &batch_job()).await);
     }
-    let jobs = claim(&queue, 3, lease, "w1").await;
+    let jobs = claim(&queue, 3, Duration::from_millis(500), "w1").await;
     assert_eq!(jobs.len(), 3);
     let all: Vec<&ClaimedJob> = jobs.iter().collect();
+    let first_lease = info(&queue, ids[0]).await.lease_until.expect("leased");
 
-    // Three leases' worth of time, renewed every 100 ms: nothing expires.
-    let until = Instant::now() + lease * 3;
-    while Instant::now() < until {
-        assert_eq!(
-            queue.heartbeat_many(&all, lease).await.unwrap(),
-            vec![true; 3]
-        );
-        assert_eq!(queue.reap_expired().await.unwrap(), 0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Renewed for ten minutes: past the first lease, nothing is reaped.
+    assert_eq!(
+        queue
+            .heartbeat_many(&all, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        vec![true; 3]
+    );
+    wait_past(&queue, first_lease).await;
+    assert_eq!(queue.reap_expired().await.unwrap(), 0);
     for id in &ids {
         let job = info(&queue, *id).await;
         assert_eq!((job.state, job.attempt), (JobState::Running, 1));
+        assert!(job.lease_until.unwrap() > first_lease + chrono::Duration::seconds(500));
     }
 
     // A cancelled job's lease is lost; the others are still renewed.
-    assert!(queue.cancel(jobs[1].id).await.unwrap());
+    assert!(admin(&queue).cancel(jobs[1].id).await.unwrap());
+    let short = Duration::from_millis(100);
     assert_eq!(
-        queue.heartbeat_many(&all, lease).await.unwrap(),
+        queue.heartbeat_many(&all, short).await.unwrap(),
         vec![true, false, true]
     );
 
-    // Without heartbeats the leases run out and the jobs are reaped.
-    tokio::time::sleep(lease + Duration::from_millis(200)).await;
-    assert_eq!(queue.reap_expired().await.unwrap(), 2);
+    // Without more heartbeats the (now short) leases run out and the jobs
+    // are reaped.
+    reap(&queue, 2).await;
     assert_eq!(
-        queue.heartbeat_many(&all, lease).await.unwrap(),
+        queue.heartbeat_many(&all, short).await.unwrap(),
         vec![false; 3]
     );
 
     // The same jobs claimed again: only the new attempts are renewed.
-    let again = claim(&queue, 3, lease, "w2").await;
+    let again = claim(&queue, 3, Duration::from_secs(600), "w2").await;
     assert_eq!(again.len(), 2);
     assert!(again.iter().all(|j| j.attempt == 2));
     let mixed = [&jobs[0], &again[0], &jobs[2], &again[1]];
     assert_eq!(
-        queue.heartbeat_many(&mixed, lease).await.unwrap(),
+        queue
+            .heartbeat_many(&mixed, Duration::from_secs(600))
+            .await
+            .unwrap(),
         vec![false, true, false, true]
     );
 
@@ -310,7 +374,8 @@ async fn workers_claiming_and_completing_in_batches_run_each_job_once() {
     assert_eq!(ids.len(), JOBS);
 
     let batcher = Batcher::default();
-    let one = Workers::new(queue.clone(), store.clone())
+    let one = store
+        .workers()
         .register(batcher.clone())
         .concurrency(16)
         .batch_size(8)
@@ -318,7 +383,8 @@ async fn workers_claiming_and_completing_in_batches_run_each_job_once() {
         .start()
         .await
         .unwrap();
-    let two = Workers::new(queue.clone(), store.clone())
+    let two = store
+        .workers()
         .register(batcher.clone())
         .concurrency(5)
         .batch_size(3)
@@ -329,7 +395,7 @@ async fn workers_claiming_and_completing_in_batches_run_each_job_once() {
 
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let counts = queue.counts(None).await.unwrap();
+        let counts = admin(&queue).counts(None).await.unwrap();
         if counts.succeeded == JOBS as u64 {
             break;
         }
@@ -362,10 +428,13 @@ async fn workers_claiming_and_completing_in_batches_run_each_job_once() {
 
 /// Jobs running longer than their lease in one worker set keep their
 /// leases through the set's batch heartbeats, although another worker set
-/// competes for them.
+/// competes for them. The jobs run until the database shows each lease
+/// renewed past two and a half leases after it began; heartbeats come
+/// twenty times a lease, so only a stall of a whole lease could cost one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_heartbeats_keep_the_leases_of_many_long_jobs() {
     let (db, store, queue) = setup().await;
+    let lease = Duration::from_secs(2);
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(
@@ -373,7 +442,7 @@ async fn batch_heartbeats_keep_the_leases_of_many_long_jobs() {
                 &db,
                 &queue,
                 &BatchJob {
-                    sleep_ms: 1_500,
+                    wait_for_gate: true,
                     ..batch_job()
                 },
             )
@@ -382,15 +451,30 @@ async fn batch_heartbeats_keep_the_leases_of_many_long_jobs() {
     }
     let batcher = Batcher::default();
     let start = |batcher: Batcher| {
-        Workers::new(queue.clone(), store.clone())
+        store
+            .workers()
             .register(batcher)
             .concurrency(6)
-            .lease(Duration::from_millis(500))
+            .lease(lease)
+            .heartbeat(lease / 20)
             .poll_interval(Duration::from_millis(50))
             .start()
     };
     let one = start(batcher.clone()).await.unwrap();
     let two = start(batcher.clone()).await.unwrap();
+    let mut began = Vec::new();
+    for id in &ids {
+        wait_for_state(&queue, *id, JobState::Running).await;
+        began.push(chrono::Utc::now());
+    }
+    let outlived = *began.iter().max().unwrap() + chrono::Duration::milliseconds(5_000);
+    wait_past(&queue, outlived).await;
+    for id in &ids {
+        let job = info(&queue, *id).await;
+        assert_eq!((job.state, job.attempt), (JobState::Running, 1), "{job:?}");
+        assert!(job.lease_until.unwrap() > outlived, "{job:?}");
+    }
+    batcher.gate.send_replace(true);
     for id in &ids {
         let done = wait_for_state(&queue, *id, JobState::Succeeded).await;
         assert_eq!(done.attempt, 1, "{done:?}");
@@ -419,7 +503,8 @@ async fn a_lease_lost_while_running_cancels_the_attempt() {
     )
     .await;
     let batcher = Batcher::default();
-    let workers = Workers::new(queue.clone(), store.clone())
+    let workers = store
+        .workers()
         .register(batcher.clone())
         .lease(Duration::from_secs(5))
         .heartbeat(Duration::from_millis(100))
@@ -431,8 +516,9 @@ async fn a_lease_lost_while_running_cancels_the_attempt() {
     while batcher.runs_of(id).is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(queue.cancel(id).await.unwrap());
-    let until = Instant::now() + Duration::from_secs(5);
+    assert!(admin(&queue).cancel(id).await.unwrap());
+    let cancelled = info(&queue, id).await;
+    let until = Instant::now() + Duration::from_secs(30);
     while !batcher.saw_cancel.load(Ordering::SeqCst) {
         assert!(
             Instant::now() < until,
@@ -440,13 +526,18 @@ async fn a_lease_lost_while_running_cancels_the_attempt() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Let the attempt finish; its outcome is refused.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(info(&queue, id).await.state, JobState::Cancelled);
+    // The attempt ends (by the end of the shutdown's grace period at the
+    // latest); its outcome is refused.
+    let report = workers.shutdown(Duration::from_secs(30)).await;
+    assert_eq!(report.released, 0);
+    let after = info(&queue, id).await;
+    assert_eq!(after.state, JobState::Cancelled);
+    assert_eq!(
+        after.updated_at, cancelled.updated_at,
+        "written after the cancel"
+    );
     assert!(done_events(&store).await.is_empty());
     assert_eq!(batcher.runs_of(id), vec![1]);
-    let report = workers.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(report.released, 0);
     store.shutdown().await;
     db.cleanup().await;
 }

@@ -74,7 +74,12 @@ async fn wait_for_state(
 ) -> JobInfo {
     let until = Instant::now() + timeout;
     loop {
-        let job = queue.job(id).await.expect("read job").expect("job exists");
+        let job = queue
+            .admin()
+            .job(id)
+            .await
+            .expect("read job")
+            .expect("job exists");
         if job.state == state {
             return job;
         }
@@ -100,7 +105,7 @@ async fn done_events(store: &impl EventStore, id: JobId) -> usize {
 
 async fn setup() -> (TestDatabase, WorkQueue, JobId) {
     let db = TestDatabase::create().await;
-    let queue = WorkQueue::new(db.pool().clone(), "dcb");
+    let queue = WorkQueue::new(db.pool().clone(), "dcb").expect("schema");
     queue.migrate().await.expect("migrate queue");
     let id = queue
         .enqueue(
@@ -154,7 +159,7 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
         .start()
         .await
         .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(10)).await;
+    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -193,7 +198,7 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
         .expect("append_once");
     assert_eq!(again, AppendOnce::AlreadyRecorded);
 
-    let after = queue.job(id).await.unwrap().unwrap();
+    let after = queue.admin().job(id).await.unwrap().unwrap();
     assert_eq!(after.state, JobState::Succeeded);
     assert_eq!(after.attempt, 2);
     assert_eq!(
@@ -235,7 +240,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start first worker");
-    let running = wait_for_state(&queue, id, JobState::Running, Duration::from_secs(10)).await;
+    let running = wait_for_state(&queue, id, JobState::Running, Duration::from_secs(30)).await;
     assert_eq!(running.locked_by.as_deref(), Some("first-worker"));
     while first_runs.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -253,26 +258,30 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(10)).await;
+    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
     assert_eq!(done_events(&store, id).await, 1);
 
-    // The first worker resumes: its attempt 1 finishes, but the completion
-    // and the success event are refused.
+    // The first worker resumes: its attempt 1 finishes (within the
+    // shutdown's grace period), but the completion and the success event
+    // are refused.
     open.send(true).expect("open the gate");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = queue.job(id).await.unwrap().unwrap();
+    let r1 = first.shutdown(Duration::from_secs(30)).await;
+    let r2 = second.shutdown(Duration::from_secs(5)).await;
+    assert_eq!((r1.released, r2.released), (0, 0));
+    let after = queue.admin().job(id).await.unwrap().unwrap();
     assert_eq!(after.state, JobState::Succeeded);
     assert_eq!(after.attempt, 2);
     assert_eq!(after.locked_by.as_deref(), Some("second-worker"));
+    // Not a write to the job since the second worker completed it.
+    assert_eq!(
+        (after.updated_at, after.finished_at),
+        (done.updated_at, done.finished_at)
+    );
     assert_eq!(done_events(&store, id).await, 1);
     assert_eq!(first_runs.load(Ordering::SeqCst), 1);
     assert_eq!(second_runs.load(Ordering::SeqCst), 1);
-
-    let r1 = first.shutdown(Duration::from_secs(5)).await;
-    let r2 = second.shutdown(Duration::from_secs(5)).await;
-    assert_eq!((r1.released, r2.released), (0, 0));
     store.shutdown().await;
     db.cleanup().await;
 }

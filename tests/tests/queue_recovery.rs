@@ -63,15 +63,15 @@ impl Processor for Slow {
 async fn setup() -> (TestDatabase, PgEventStore, WorkQueue) {
     let db = TestDatabase::create().await;
     let store = db.store().await;
-    let queue = WorkQueue::new(db.pool().clone(), "dcb");
+    let queue = WorkQueue::new(db.pool().clone(), "dcb").expect("schema");
     queue.migrate().await.expect("migrate queue");
     (db, store, queue)
 }
 
 async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState) -> JobInfo {
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let job = queue.job(id).await.expect("read").expect("exists");
+        let job = queue.admin().job(id).await.expect("read").expect("exists");
         if job.state == state {
             return job;
         }
@@ -103,28 +103,25 @@ async fn heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
     let id = queue
         .enqueue(
             db.pool(),
-            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 2000 }).unwrap(),
+            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 5000 }).unwrap(),
         )
         .await
         .unwrap()
         .unwrap();
     // Two worker sets: if the lease lapsed, the other one would take the job.
-    // The job runs 2.5 leases; renewals every third of a lease leave room
-    // for a busy machine's stalls.
-    let a = Workers::new(queue.clone(), store.clone())
-        .register(slow.clone())
-        .lease(Duration::from_millis(800))
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
-    let b = Workers::new(queue.clone(), store.clone())
-        .register(slow.clone())
-        .lease(Duration::from_millis(800))
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
+    // The job runs 2.5 leases; renewals twenty times a lease leave room for
+    // a busy machine's stalls (only a stall of a whole lease could cost it).
+    let start = || {
+        store
+            .workers()
+            .register(slow.clone())
+            .lease(Duration::from_secs(2))
+            .heartbeat(Duration::from_millis(100))
+            .poll_interval(Duration::from_millis(50))
+            .start()
+    };
+    let a = start().await.unwrap();
+    let b = start().await.unwrap();
     let done = wait_for_state(&queue, id, JobState::Succeeded).await;
     assert_eq!(done.attempt, 1);
     assert_eq!(slow.runs.load(Ordering::SeqCst), 1);

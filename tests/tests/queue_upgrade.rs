@@ -51,7 +51,7 @@ async fn a_queue_of_the_first_release_upgrades_in_place() {
     migrations::run(db.pool(), "dcb", COMPONENT, &STEPS[..1])
         .await
         .expect("step 1");
-    let queue = WorkQueue::new(db.pool().clone(), "dcb");
+    let queue = WorkQueue::new(db.pool().clone(), "dcb").expect("schema");
     let jobs: Vec<NewJob> = (0..50)
         .map(|_| NewJob::for_processor::<Counter>(&Old {}).expect("payload"))
         .collect();
@@ -87,12 +87,12 @@ async fn a_queue_of_the_first_release_upgrades_in_place() {
         .await
         .expect("start workers");
     let until = Instant::now() + Duration::from_secs(20);
-    while queue.counts(None).await.unwrap().succeeded < ids.len() as u64 {
+    while queue.admin().counts(None).await.unwrap().succeeded < ids.len() as u64 {
         assert!(Instant::now() < until, "the old jobs did not all run");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     for id in &ids {
-        let job = queue.job(*id).await.unwrap().unwrap();
+        let job = queue.admin().job(*id).await.unwrap().unwrap();
         assert_eq!((job.state, job.attempt), (JobState::Succeeded, 1));
     }
     assert_eq!(counter.runs.load(Ordering::SeqCst), ids.len() as u32);

@@ -9,12 +9,20 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::QueueError;
+use crate::text;
 
 /// A job's id.
 pub type JobId = Uuid;
 
 /// The queue a job goes to when [`NewJob::queue`] is not called.
 pub const DEFAULT_QUEUE: &str = "default";
+
+/// The longest kind or queue name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// The longest dedupe key, in bytes (with the kind, it is a key of the
+/// dedupe index, whose entries PostgreSQL limits to about 2.7 KB).
+pub const MAX_DEDUPE_KEY_BYTES: usize = 1000;
 
 /// The attempt limit of a job enqueued with neither [`NewJob::max_attempts`]
 /// nor a deadline.
@@ -177,7 +185,8 @@ impl NewJob {
         self
     }
 
-    /// Not before this long after the enqueue (measured by the database clock).
+    /// Not before this long after the enqueue (measured by the database
+    /// clock; at most [`MAX_DELAY`](dcb_core::MAX_DELAY)).
     pub fn run_after(mut self, delay: Duration) -> Self {
         self.run_after = Some(delay);
         self.run_at = None;
@@ -199,7 +208,8 @@ impl NewJob {
     }
 
     /// Keeps retrying for this long after the enqueue (a deadline measured by
-    /// the database clock), e.g. one hour for a publish job.
+    /// the database clock, at most [`MAX_DELAY`](dcb_core::MAX_DELAY)), e.g.
+    /// one hour for a publish job.
     pub fn retry_for(mut self, period: Duration) -> Self {
         self.retry_for = Some(period);
         self.deadline = None;
@@ -228,6 +238,23 @@ impl NewJob {
         self.triggered_by_event = Some(event_id);
         self.triggered_by_position = position;
         self
+    }
+
+    /// Checks that PostgreSQL can store every field: no NUL in the kind,
+    /// queue, dedupe key or payload, and keys short enough for their index.
+    pub(crate) fn validate(&self) -> Result<(), QueueError> {
+        let invalid = QueueError::InvalidJob;
+        text::check("kind", &self.kind, MAX_NAME_BYTES).map_err(invalid)?;
+        text::check("queue", &self.queue, MAX_NAME_BYTES).map_err(invalid)?;
+        if let Some(key) = &self.dedupe_key {
+            text::check("dedupe key", key, MAX_DEDUPE_KEY_BYTES).map_err(invalid)?;
+        }
+        if let Some(path) = text::json_nul_path(&self.payload) {
+            return Err(QueueError::InvalidJob(format!(
+                "payload at {path} contains a NUL character, which PostgreSQL cannot store"
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn effective_max_attempts(&self) -> Option<u32> {

@@ -155,15 +155,47 @@ impl JobError {
     }
 
     /// Retry no sooner than `delay` (instead of the backoff), e.g. what a
-    /// rate limit asked for. Still bounded by attempts and deadline.
+    /// rate limit asked for. Still bounded by attempts and deadline, and at
+    /// most [`MAX_DELAY`](dcb_core::MAX_DELAY) (a longer wait is that long).
     pub fn retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.retry_after = Some(delay.min(dcb_core::MAX_DELAY));
         self
     }
 
     /// Whether retrying is pointless.
     pub fn is_permanent(&self) -> bool {
         self.permanent
+    }
+
+    /// Whether a retry may help (the error is not permanent); the worker
+    /// retries such a failure while the job's attempts and deadline allow.
+    pub fn is_retryable(&self) -> bool {
+        !self.permanent
+    }
+
+    /// Whether the cause is an outage: the event store or the database
+    /// could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&*self.source);
+        while let Some(error) = current {
+            if let Some(e) = error.downcast_ref::<StoreError>() {
+                if e.is_unavailable() {
+                    return true;
+                }
+            }
+            if let Some(e) = error.downcast_ref::<crate::DatabaseError>() {
+                if e.is_unavailable() {
+                    return true;
+                }
+            }
+            if let Some(e) = error.downcast_ref::<sqlx::Error>() {
+                if crate::error::is_unavailable(e) {
+                    return true;
+                }
+            }
+            current = error.source();
+        }
+        false
     }
 
     /// The requested retry delay, if any.

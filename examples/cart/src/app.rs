@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use dcb_core::Backoff;
 use dcb_core::{BoxError, DecisionMaker, EventStore, RetryPolicy};
 use dcb_kafka::{KafkaConfig, Publisher, TranslatorHandle, TranslatorRunner};
-use dcb_postgres::listener::{ListenerRunner, RunnerHandle};
+use dcb_postgres::listener::RunnerHandle;
 use dcb_postgres::queue::{WorkQueue, Workers, WorkersHandle, DEFAULT_BACKOFF};
-use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
+use dcb_postgres::PgEventStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -143,7 +143,7 @@ pub fn retry_policy() -> RetryPolicy {
 pub async fn connect(database_url: &str) -> Result<(PgEventStore, WorkQueue), BoxError> {
     let store = PgEventStore::connect(database_url).await?;
     crate::db::migrate(store.pool()).await?;
-    let queue = WorkQueue::new(store.pool().clone(), DEFAULT_SCHEMA);
+    let queue = store.queue();
     queue.migrate().await?;
     Ok((store, queue))
 }
@@ -159,7 +159,8 @@ pub async fn start_listeners(
 ) -> Result<RunnerHandle, BoxError> {
     let shared: Arc<dyn EventStore> = Arc::new(store.clone());
     let maker = DecisionMaker::new(shared).with_retry(retry_policy());
-    let mut runner = ListenerRunner::new(store)
+    let mut runner = store
+        .listeners()
         .transactional(CartItemsDbListener)
         .transactional(CartsWithProductsListener)
         .transactional(InventoriesListener)

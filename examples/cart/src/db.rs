@@ -43,5 +43,7 @@ CREATE TABLE IF NOT EXISTS {schema}.inventories (
 /// # Errors
 /// Database errors.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
-    dcb_postgres::migrations::run(pool, SCHEMA, COMPONENT, STEPS).await
+    dcb_postgres::migrations::run(pool, SCHEMA, COMPONENT, STEPS)
+        .await
+        .map_err(sqlx::Error::from)
 }

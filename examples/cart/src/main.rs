@@ -22,7 +22,6 @@ use clap::{Parser, Subcommand};
 use dcb_core::Backoff;
 use dcb_core::BoxError;
 use dcb_kafka::KafkaConfig;
-use dcb_postgres::listener::ListenerRunner;
 
 #[derive(Parser)]
 #[command(name = "cart", version, about = "The cart example of dcb")]
@@ -223,7 +222,8 @@ async fn shutdown_signal() {
 async fn reset_cart_items() -> Result<(), BoxError> {
     let database_url = database_url().await?;
     let (store, _queue) = app::connect(&database_url).await?;
-    let runner = ListenerRunner::new(&store)
+    let runner = store
+        .listeners()
         .transactional(CartItemsDbListener)
         .start()
         .await?;

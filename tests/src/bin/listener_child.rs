@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dcb_core::{BoxError, Listener, Query, Sequenced};
-use dcb_postgres::listener::{ListenerRunner, RunnerConfig};
+use dcb_postgres::listener::RunnerConfig;
 use dcb_postgres::PgEventStore;
 use tokio::io::AsyncReadExt;
 
@@ -80,7 +80,7 @@ async fn main() {
         .poll_interval(Duration::from_millis(200))
         .lease_ttl(lease)
         .instance_id(instance.clone());
-    let runner = ListenerRunner::new(&store).config(config);
+    let runner = store.listeners().config(config);
     let runner = match mode.as_str() {
         "tx" => runner.transactional(TickCounter {
             id: id.clone(),

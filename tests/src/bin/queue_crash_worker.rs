@@ -10,7 +10,6 @@
 //! Lease 2 s, heartbeat every 500 ms.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +17,7 @@ use dcb_core::{
     AppendCondition, AppendResult, EventMetadata, EventRecord, EventStore, EventType, Query,
     ReadOptions, ReadResult, StoreError,
 };
-use dcb_postgres::queue::{JobContext, JobError, Processor, WorkQueue, Workers};
+use dcb_postgres::queue::{JobContext, JobError, Processor, Workers};
 use dcb_postgres::PgEventStore;
 
 /// The success event's type.
@@ -119,13 +118,11 @@ async fn main() {
     let store = PgEventStore::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    let queue = WorkQueue::new(store.pool().clone(), store.schema());
+    let queue = store.queue();
     queue.migrate().await.expect("migrate the work queue");
     let workers = match mode.as_str() {
-        "hang" => Workers::new(queue, store).register(Hang),
-        "die_after_success_event" => {
-            Workers::with_shared_store(queue, Arc::new(DieAfterDone(store))).register(Succeed)
-        }
+        "hang" => store.workers().register(Hang),
+        "die_after_success_event" => Workers::new(queue, DieAfterDone(store)).register(Succeed),
         other => {
             eprintln!("unknown mode {other}");
             std::process::exit(2);
