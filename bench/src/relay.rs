@@ -37,7 +37,7 @@ use dcb_kafka::{
     Delivered, EventRelay, KafkaConfig, KafkaMessage, OutgoingMessage, PublishJob,
     PublishProcessor, Publisher, RelayConfig, RelayHandle, Route, Translator, TranslatorRunner,
 };
-use dcb_postgres::queue::{JobContext, JobError, NewJob, WorkQueue, Workers};
+use dcb_postgres::queue::{JobContext, JobError, NewJob};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::append::preload;
@@ -522,7 +522,7 @@ async fn publish(
     brokers: &str,
     window: Duration,
 ) -> Result<Vec<Row>, String> {
-    let queue = WorkQueue::new(store.pool().clone(), store.schema());
+    let queue = store.queue();
     queue
         .migrate()
         .await
@@ -560,7 +560,8 @@ async fn publish(
         "relay: publish processor burning down {PUBLISH_JOBS} jobs, {PUBLISH_CONCURRENCY} at once"
     ));
     let t0 = Instant::now();
-    let workers = Workers::new(queue.clone(), store.clone())
+    let workers = store
+        .workers()
         .register(PublishProcessor::new(publisher.clone(), job()))
         .concurrency(PUBLISH_CONCURRENCY)
         .start()
