@@ -1,0 +1,3 @@
+//! The `dcb` command.
+
+fn main() {}
