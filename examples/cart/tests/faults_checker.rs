@@ -290,7 +290,21 @@ fn a_rejection_no_readable_state_justifies_is_reported() {
         // The item is in the log although the add was rejected.
         (
             vec![record(Kind::Add, Some(item(4)), rejected("CartFull"), 0, 0)],
-            "but in the log",
+            "answered CartFull but in the log",
+        ),
+        // "Nothing was appended", but it was.
+        (
+            vec![record(
+                Kind::Add,
+                Some(item(4)),
+                (
+                    503,
+                    json!({"error": "DatabaseUnavailable", "message": "..."}),
+                ),
+                0,
+                0,
+            )],
+            "answered DatabaseUnavailable but in the log",
         ),
         // The cart existed all along.
         (

@@ -1231,7 +1231,8 @@ pub fn cart_histories(log: &[Logged]) -> HashMap<Uuid, Vec<(i64, CartState)>> {
 }
 
 /// The rejected commands (404 and 409 answers) that the log does not
-/// justify. A rejection is justified when the rules give its code on a state
+/// justify, and the commands answered 503 `DatabaseUnavailable` ("nothing
+/// was appended") whose item is in the log all the same. A rejection is justified when the rules give its code on a state
 /// the decision could have read: the cart after some position `p` with
 /// `seen_from <= p < first`, where `seen_from` is the last accepted command
 /// on the cart answered before it was sent, and `first` the position of the
@@ -1269,10 +1270,11 @@ pub fn unjustified_rejections(log: &[Logged], records: &[Record]) -> Vec<String>
     }
     let empty = Vec::new();
     let mut unjustified = Vec::new();
-    for r in records
-        .iter()
-        .filter(|r| r.status == 404 || r.status == 409)
-    {
+    for r in records.iter().filter(|r| {
+        r.status == 404
+            || r.status == 409
+            || (r.status == 503 && r.body["error"] == "DatabaseUnavailable")
+    }) {
         let code = r.body["error"].as_str().unwrap_or_default();
         let left_a_trace = match (r.kind, r.item) {
             (Kind::Add, Some(item)) => added.contains(&(r.cart, item)),
@@ -1280,11 +1282,12 @@ pub fn unjustified_rejections(log: &[Logged], records: &[Record]) -> Vec<String>
             _ => false,
         };
         if left_a_trace {
-            unjustified.push(format!("rejected ({code}) but in the log: {r:?}"));
+            unjustified.push(format!("answered {code} but in the log: {r:?}"));
             continue;
         }
-        if code == "ConcurrentModification" {
-            // Gave up after its retries: nothing to justify, nothing appended.
+        if r.status == 503 || code == "ConcurrentModification" {
+            // "Nothing was appended" (true, as checked above), or gave up
+            // after its retries: no rule to justify.
             continue;
         }
         let first_unseen = lowest_after[accepted.partition_point(|(sent, _)| *sent <= r.answered)];
@@ -1576,11 +1579,11 @@ pub async fn check(pool: &PgPool, expect: &Expect<'_>, fold: &Fold) {
     let unjustified = unjustified_rejections(&log, &records);
     assert!(
         unjustified.is_empty(),
-        "{} of {} rejections are not justified by the log: {:#?}",
+        "{} of {} rejections and 503s are not justified by the log: {:#?}",
         unjustified.len(),
         records
             .iter()
-            .filter(|r| r.status == 404 || r.status == 409)
+            .filter(|r| r.status == 404 || r.status == 409 || r.status == 503)
             .count(),
         &unjustified[..unjustified.len().min(8)]
     );
@@ -1657,10 +1660,24 @@ impl Summary<'_> {
             .iter()
             .filter(|r| r.status == 404 || r.status == 409)
             .count();
+        let unavailable = |code: &str| {
+            self.load
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.status == 503 && r.body["error"] == code)
+                .count()
+        };
+        let (not_appended, unknown) = (
+            unavailable("DatabaseUnavailable"),
+            unavailable("OutcomeUnknown"),
+        );
         println!(
             "SUMMARY {}: requests sent {} (+{} malformed), accepted {accepted}, rejected by rule \
-             {rejected}, other/no answer {other}; {checked} rejections (404/409) justified by the \
-             log; kafka produced {inventories} inventories, \
+             {rejected}, other/no answer {other} (503: {not_appended} not appended, checked \
+             against the log; {unknown} outcome unknown); {checked} rejections (404/409) \
+             justified by the log; kafka produced {inventories} inventories, \
              {prices} price-changes, {malformed} malformed; faults injected {}; events {}; \
              carts submitted {}; duplicates seen on published-carts {}; converged {:.1}s after \
              the last fault",
