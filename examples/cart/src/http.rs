@@ -527,6 +527,70 @@ mod tests {
         );
     }
 
+    /// The in-memory store, except that every append's reply is lost.
+    struct LostReplies {
+        inner: dcb_core::InMemoryEventStore,
+        appends: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for LostReplies {
+        async fn read(
+            &self,
+            query: &dcb_core::Query,
+            options: dcb_core::ReadOptions,
+        ) -> Result<dcb_core::ReadResult, StoreError> {
+            self.inner.read(query, options).await
+        }
+
+        async fn append(
+            &self,
+            _events: Vec<dcb_core::EventRecord>,
+            _condition: Option<dcb_core::AppendCondition>,
+        ) -> Result<dcb_core::AppendResult, StoreError> {
+            self.appends
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(StoreError::OutcomeUnknown {
+                source: "the connection broke after the commit was sent".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_reply_was_lost_answers_503_outcome_unknown_and_is_not_retried() {
+        use tower::ServiceExt;
+        let lost = Arc::new(LostReplies {
+            inner: dcb_core::InMemoryEventStore::new(),
+            appends: Default::default(),
+        });
+        let store: Arc<dyn EventStore> = lost.clone();
+        let state = AppState {
+            maker: DecisionMaker::new(store.clone()).with_retry(crate::app::retry_policy()),
+            store,
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/unused")
+                .expect("a lazy pool"),
+        };
+        let body = json!({"item_id": Uuid::from_u128(1), "product_id": Uuid::from_u128(2),
+                          "description": "d", "image": "i", "price": "1.00"});
+        let request = axum::http::Request::post(format!("/additem/{}", Uuid::from_u128(3)))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["error"], "OutcomeUnknown", "{answer}");
+        assert_eq!(
+            lost.appends.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a command without an idempotency key is not retried blindly"
+        );
+    }
+
     #[test]
     fn a_request_the_store_refuses_is_a_400() {
         let (status, body) = answer(StoreError::InvalidRequest("tag too long".into()).into());
