@@ -5,6 +5,11 @@
 //! The fold is [`changes`], a pure function from an event to row changes;
 //! the listener applies them with SQL, and [`CartItemsDb`] applies them in
 //! memory for the given-then tests.
+//!
+//! The cart accepts no text a `text` column cannot hold (see
+//! [`limits`](crate::limits)); a NUL already in the log (written before
+//! those limits, or by another program) is stored as U+FFFD, because a
+//! failing event would stop this listener for every cart.
 
 use async_trait::async_trait;
 use dcb_core::{BoxError, Position, Query, ReadModel, Sequenced, TransactionalListener};
