@@ -1863,10 +1863,12 @@ pub async fn decision_maker_conflict_retry_converges<S: EventStore + 'static>(st
     .await;
     let total: u64 = events
         .iter()
-        .map(|e| match e.decode::<CounterEvent>().expect("decodes").event {
-            CounterEvent::Incremented { by, .. } => by,
-            CounterEvent::Decremented { .. } => panic!("nothing decrements here"),
-        })
+        .map(
+            |e| match e.decode::<CounterEvent>().expect("decodes").event {
+                CounterEvent::Incremented { by, .. } => by,
+                CounterEvent::Decremented { .. } => panic!("nothing decrements here"),
+            },
+        )
         .sum();
     assert_eq!(
         total, LIMIT,
