@@ -851,6 +851,9 @@ impl Kafka {
             br#"{"product_uuid":"not-a-uuid","inventory":1}"#,
             br#"{"product_id":"00000000-0000-4000-8000-000000000001","old_price":"-1","new_price":"1"}"#,
             b"\xff\xfe\x00",
+            // Well-formed, outside the cart's limits.
+            br#"{"product_uuid":"00000000-0000-4000-8000-000000000001","inventory":-5}"#,
+            br#"{"product_id":"00000000-0000-4000-8000-000000000001","old_price":"1","new_price":"50000000000000000000000000000"}"#,
         ];
         let topic = if below(2) == 0 {
             "inventories"
