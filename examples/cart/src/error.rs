@@ -1,7 +1,9 @@
 //! The cart's business rules, as errors.
 
-/// A broken cart rule. [`CartError::code`] is the `error` field of the HTTP
-/// answer.
+use crate::limits::InvalidValue;
+
+/// A broken cart rule, or a value the cart does not accept.
+/// [`CartError::code`] is the `error` field of the HTTP answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CartError {
     /// The cart has no events.
@@ -25,10 +27,21 @@ pub enum CartError {
     /// The cart was submitted before.
     #[error("the cart was already submitted")]
     CannotSubmitCartTwice,
+    /// The prices of the cart's items do not add up within `Decimal`'s
+    /// range. Prices the cart accepts never get there (see
+    /// [`limits`](crate::limits)); a history written without those bounds
+    /// can.
+    #[error("the total of the cart's prices is too large to compute")]
+    TotalOverflow,
+    /// A command carries a value outside the cart's
+    /// [`limits`](crate::limits) (checked before any rule).
+    #[error(transparent)]
+    InvalidValue(#[from] InvalidValue),
 }
 
 impl CartError {
-    /// The stable code of the rule (the variant's name).
+    /// The stable code of the rule (the variant's name; for an
+    /// [`InvalidValue`], its [`code`](InvalidValue::code)).
     pub fn code(&self) -> &'static str {
         match self {
             CartError::CartDoesNotExist => "CartDoesNotExist",
@@ -38,6 +51,8 @@ impl CartError {
             CartError::ItemAlreadyInCart => "ItemAlreadyInCart",
             CartError::CannotSubmitEmptyCart => "CannotSubmitEmptyCart",
             CartError::CannotSubmitCartTwice => "CannotSubmitCartTwice",
+            CartError::TotalOverflow => "TotalOverflow",
+            CartError::InvalidValue(invalid) => invalid.code(),
         }
     }
 }

@@ -1,8 +1,12 @@
 //! The HTTP API (the book's routes). Every failure answers JSON
-//! `{"error": code, "message": text}`: 400 for malformed ids and bodies or a
-//! body id that differs from the path id, 404 for unknown carts, 409 for a
-//! broken rule, 413 for an oversized body, 503 when the database is
-//! unreachable. Bad input never causes a 500 or a panic.
+//! `{"error": code, "message": text}`: 400 for malformed ids and bodies, a
+//! body id that differs from the path id, or a value outside the cart's
+//! [`limits`](crate::limits) (then `"field"` names it too), 404 for unknown
+//! carts, 409 for a broken rule, 413 for an oversized body, 503 when the
+//! database is unreachable (`DatabaseUnavailable`: nothing was applied) or
+//! when a command's outcome is unknown (`OutcomeUnknown`: its reply from the
+//! database was lost, so it may or may not have been applied). Bad input
+//! never causes a 5xx or a panic.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -26,7 +30,9 @@ use uuid::Uuid;
 
 use crate::error::CartError;
 use crate::events::CartEvent;
+use crate::limits::InvalidValue;
 use crate::slices::add_item::AddItem;
+use crate::slices::cart_items::{CartItem, CartItemsView};
 use crate::slices::change_price::ChangePrice;
 use crate::slices::clear_cart::ClearCart;
 use crate::slices::remove_item::RemoveItem;
@@ -82,6 +88,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    field: Option<&'static str>,
 }
 
 impl ApiError {
@@ -91,7 +98,18 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The answer's code (its `error` field).
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -107,6 +125,16 @@ impl ApiError {
         )
     }
 
+    fn outcome_unknown(error: impl std::fmt::Display) -> Self {
+        tracing::warn!(%error, "outcome of a command unknown");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OutcomeUnknown",
+            "the database's reply was lost: the command may or may not have been applied; \
+             read the cart (or the product) before sending it again",
+        )
+    }
+
     fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         ApiError::new(
@@ -119,14 +147,27 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": self.code, "message": self.message }));
-        (self.status, body).into_response()
+        let body = match self.field {
+            Some(field) => json!({ "error": self.code, "message": self.message, "field": field }),
+            None => json!({ "error": self.code, "message": self.message }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<InvalidValue> for ApiError {
+    fn from(e: InvalidValue) -> Self {
+        ApiError {
+            field: Some(e.field()),
+            ..ApiError::bad_request(e.code(), e.to_string())
+        }
     }
 }
 
 impl From<CartError> for ApiError {
     fn from(e: CartError) -> Self {
         let status = match e {
+            CartError::InvalidValue(invalid) => return invalid.into(),
             CartError::CartDoesNotExist => StatusCode::NOT_FOUND,
             _ => StatusCode::CONFLICT,
         };
@@ -138,6 +179,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable { .. } | StoreError::ShutDown => ApiError::unavailable(e),
+            StoreError::OutcomeUnknown { .. } => ApiError::outcome_unknown(e),
+            StoreError::InvalidRequest(message) => ApiError::bad_request(
+                "InvalidRequest",
+                format!("the event store refused the request: {message}"),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -279,25 +325,17 @@ async fn add_item(
     let cart_id = path_id(path, "cart id")?;
     let body: AddItemBody = parse(&read_body(body).await?)?;
     same_id(cart_id, body.cart_id, "cart_id")?;
-    if body.price.is_sign_negative() {
-        return Err(ApiError::bad_request(
-            "InvalidPrice",
-            "the price must not be negative",
-        ));
-    }
-    make(
-        &state,
-        AddItem {
-            cart_id,
-            item_id: body.item_id,
-            product_id: body.product_id,
-            description: body.description,
-            image: body.image,
-            price: body.price,
-            fingerprint: fingerprint(&headers),
-        },
-    )
-    .await
+    let command = AddItem {
+        cart_id,
+        item_id: body.item_id,
+        product_id: body.product_id,
+        description: body.description,
+        image: body.image,
+        price: body.price,
+        fingerprint: fingerprint(&headers),
+    };
+    command.validate()?;
+    make(&state, command).await
 }
 
 #[derive(Deserialize)]
@@ -374,30 +412,27 @@ async fn change_price(
     let product_id = path_id(path, "product id")?;
     let body: ChangePriceBody = parse(&read_body(body).await?)?;
     same_id(product_id, body.product_id, "product_id")?;
-    if body.old_price.is_sign_negative() || body.new_price.is_sign_negative() {
-        return Err(ApiError::bad_request(
-            "InvalidPrice",
-            "prices must not be negative",
-        ));
-    }
-    make(
-        &state,
-        ChangePrice {
-            product_id,
-            old_price: body.old_price,
-            new_price: body.new_price,
-            idempotency_key: None,
-        },
-    )
-    .await
+    let command = ChangePrice {
+        product_id,
+        old_price: body.old_price,
+        new_price: body.new_price,
+        idempotency_key: None,
+    };
+    command.validate()?;
+    make(&state, command).await
 }
 
-fn no_cart(cart_id: Uuid) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        CartError::CartDoesNotExist.code(),
-        format!("cart {cart_id} does not exist"),
-    )
+/// The answer of a cart read model: the cart totalled (checked: a history
+/// whose prices overflow answers 409 `TotalOverflow`), or 404.
+fn cart_view(cart_id: Uuid, items: Option<Vec<CartItem>>) -> ApiResult {
+    let Some(items) = items else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            CartError::CartDoesNotExist.code(),
+            format!("cart {cart_id} does not exist"),
+        ));
+    };
+    Ok(Json(CartItemsView::new(cart_id, items)?).into_response())
 }
 
 async fn get_cart_items(
@@ -405,10 +440,7 @@ async fn get_cart_items(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let cart_id = path_id(path, "cart id")?;
-    match cart_items::load(&*state.store, cart_id).await? {
-        Some(view) => Ok(Json(view).into_response()),
-        None => Err(no_cart(cart_id)),
-    }
+    cart_view(cart_id, cart_items::load(&*state.store, cart_id).await?)
 }
 
 async fn get_cart_items_from_db(
@@ -416,16 +448,13 @@ async fn get_cart_items_from_db(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let cart_id = path_id(path, "cart id")?;
-    let view = cart_items_db::load(&state.pool, cart_id)
+    let items = cart_items_db::load(&state.pool, cart_id)
         .await
         .map_err(|e| match e.downcast::<sqlx::Error>() {
             Ok(e) => ApiError::from(*e),
             Err(e) => ApiError::internal(e),
         })?;
-    match view {
-        Some(view) => Ok(Json(view).into_response()),
-        None => Err(no_cart(cart_id)),
-    }
+    cart_view(cart_id, items)
 }
 
 async fn get_carts_with_products(
@@ -455,4 +484,133 @@ async fn get_inventory(
 async fn healthcheck(State(state): State<AppState>) -> ApiResult {
     let head = state.store.head().await?;
     Ok(Json(json!({ "status": "ok", "head": head.map(|p| p.0) })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let body = futures::executor::block_on(axum::body::to_bytes(response.into_body(), 4096))
+            .expect("a body");
+        (status, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_a_503_of_its_own_saying_it_may_have_been_applied() {
+        let (status, body) = answer(
+            StoreError::OutcomeUnknown {
+                source: "connection reset after the commit was sent".into(),
+            }
+            .into(),
+        );
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"], "OutcomeUnknown");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("may or may not have been applied"),
+            "{body}"
+        );
+        let (status, body) = answer(
+            StoreError::Unavailable {
+                source: "refused".into(),
+            }
+            .into(),
+        );
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("DatabaseUnavailable"))
+        );
+    }
+
+    /// The in-memory store, except that every append's reply is lost.
+    struct LostReplies {
+        inner: dcb_core::InMemoryEventStore,
+        appends: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for LostReplies {
+        async fn read(
+            &self,
+            query: &dcb_core::Query,
+            options: dcb_core::ReadOptions,
+        ) -> Result<dcb_core::ReadResult, StoreError> {
+            self.inner.read(query, options).await
+        }
+
+        async fn append(
+            &self,
+            _events: Vec<dcb_core::EventRecord>,
+            _condition: Option<dcb_core::AppendCondition>,
+        ) -> Result<dcb_core::AppendResult, StoreError> {
+            self.appends
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(StoreError::OutcomeUnknown {
+                source: "the connection broke after the commit was sent".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_reply_was_lost_answers_503_outcome_unknown_and_is_not_retried() {
+        use tower::ServiceExt;
+        let lost = Arc::new(LostReplies {
+            inner: dcb_core::InMemoryEventStore::new(),
+            appends: Default::default(),
+        });
+        let store: Arc<dyn EventStore> = lost.clone();
+        let state = AppState {
+            maker: DecisionMaker::new(store.clone()).with_retry(crate::app::retry_policy()),
+            store,
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/unused")
+                .expect("a lazy pool"),
+        };
+        let body = json!({"item_id": Uuid::from_u128(1), "product_id": Uuid::from_u128(2),
+                          "description": "d", "image": "i", "price": "1.00"});
+        let request = axum::http::Request::post(format!("/additem/{}", Uuid::from_u128(3)))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["error"], "OutcomeUnknown", "{answer}");
+        assert_eq!(
+            lost.appends.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a command without an idempotency key is not retried blindly"
+        );
+    }
+
+    #[test]
+    fn a_request_the_store_refuses_is_a_400() {
+        let (status, body) = answer(StoreError::InvalidRequest("tag too long".into()).into());
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("InvalidRequest"))
+        );
+    }
+
+    #[test]
+    fn an_invalid_value_is_a_400_naming_the_field() {
+        let (status, body) = answer(CartError::from(InvalidValue::Nul { field: "image" }).into());
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "InvalidText");
+        assert_eq!(body["field"], "image");
+        let (status, body) = answer(CartError::TotalOverflow.into());
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("TotalOverflow"))
+        );
+        assert!(body.get("field").is_none());
+    }
 }

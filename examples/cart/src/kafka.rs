@@ -1,11 +1,14 @@
 //! Kafka: the `inventories` and `price-changes` translators and the
 //! `published-carts` publisher. Off unless `KAFKA_BROKERS` is set.
 //!
-//! A message that does not decode is recorded as dead with the reason (by
-//! the translator runner) and the partition moves on; a redelivered message
-//! is a no-op, because each decision carries the record's identity
-//! (`dcb_kafka::record_key`: topic, partition, offset, timestamp and a digest
-//! of the record) as its idempotency key.
+//! A message that does not decode, or carries a value outside the cart's
+//! [`limits`](crate::limits), is recorded as dead with the reason (by the
+//! translator runner) and the partition moves on; a redelivered message is a
+//! no-op, because each decision carries the record's identity as its
+//! idempotency key (the translator runner's default,
+//! [`dcb_kafka::record_key`]: topic, partition, offset, timestamp and a
+//! digest of the record, so a different record at a reused offset is still
+//! decided).
 
 use async_trait::async_trait;
 use dcb_core::BoxError;
@@ -53,11 +56,13 @@ impl Translator for InventoriesTranslator {
 
     fn translate(&self, message: &KafkaMessage<'_>) -> Result<ChangeInventory, String> {
         let m: InventoryMessage = message.json()?;
-        Ok(ChangeInventory {
+        let decision = ChangeInventory {
             product_id: m.product_uuid,
             inventory: m.inventory,
             idempotency_key: None,
-        })
+        };
+        decision.validate().map_err(|e| e.to_string())?;
+        Ok(decision)
     }
 }
 
@@ -74,15 +79,14 @@ impl Translator for PriceChangesTranslator {
 
     fn translate(&self, message: &KafkaMessage<'_>) -> Result<ChangePrice, String> {
         let m: PriceChangeMessage = message.json()?;
-        if m.old_price.is_sign_negative() || m.new_price.is_sign_negative() {
-            return Err("prices must not be negative".to_owned());
-        }
-        Ok(ChangePrice {
+        let decision = ChangePrice {
             product_id: m.product_uuid,
             old_price: m.old_price,
             new_price: m.new_price,
             idempotency_key: None,
-        })
+        };
+        decision.validate().map_err(|e| e.to_string())?;
+        Ok(decision)
     }
 }
 

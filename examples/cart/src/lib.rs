@@ -7,6 +7,7 @@
 //!   SubmitCart, ChangePrice, ChangeInventory, ArchiveItem with its
 //!   automation, PublishCart; the read models CartItems, CartItems from DB,
 //!   CartsWithProducts, Inventories), each with its tests.
+//! - [`limits`]: the bounds on every text and number a command carries.
 //! - [`http`]: the axum routes of the book's server.
 //! - [`app`]: wiring (store, listeners, work queue, Kafka) for the binary and
 //!   the integration tests.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod limits;
 pub mod slices;
 
 pub use error::CartError;

@@ -1,9 +1,13 @@
 //! `cart`: the cart example's server.
 //!
 //! ```text
-//! cart [serve] [--port 3000] [--host 127.0.0.1]   # the HTTP server (default)
-//! cart reset-cart-items                           # rebuild CartItems from DB
+//! cart serve [--port 3000] [--host 127.0.0.1]   # the HTTP server
+//! cart                                          # the same, options from the environment
+//! cart reset-cart-items                         # rebuild CartItems from DB
 //! ```
+//!
+//! Every option of `serve` also reads an environment variable (`PORT`,
+//! `HOST`, `CART_PUBLISH_*`), with or without the subcommand.
 //!
 //! Environment: `DATABASE_URL` (without it, a private PostgreSQL is started
 //! with `scripts/postgres.sh start`, data in `.dcb/postgres`), `KAFKA_BROKERS`
@@ -28,6 +32,15 @@ use dcb_kafka::KafkaConfig;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// `serve`'s options alone: `cart` without a subcommand reads them (from the
+/// environment, or their defaults) exactly as `cart serve` does.
+#[derive(Parser)]
+#[command(name = "cart")]
+struct DefaultServe {
+    #[command(flatten)]
+    args: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -64,19 +77,6 @@ struct ServeArgs {
     publish_retry_max_ms: u64,
 }
 
-impl Default for ServeArgs {
-    fn default() -> Self {
-        ServeArgs {
-            port: 3000,
-            host: IpAddr::from([127, 0, 0, 1]),
-            publish_deadline_secs: 3600,
-            publish_timeout_ms: 30_000,
-            publish_retry_min_ms: 1_000,
-            publish_retry_max_ms: 300_000,
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let started = Instant::now();
     tracing_subscriber::fmt()
@@ -85,7 +85,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let command = Cli::parse().command.unwrap_or_else(|| {
+        let serve = DefaultServe::try_parse_from(["cart"]).unwrap_or_else(|e| e.exit());
+        Command::Serve(serve.args)
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -94,10 +97,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
-            None => serve(ServeArgs::default(), started).await,
-            Some(Command::Serve(args)) => serve(args, started).await,
-            Some(Command::ResetCartItems) => reset_cart_items().await,
+        match command {
+            Command::Serve(args) => serve(args, started).await,
+            Command::ResetCartItems => reset_cart_items().await,
         }
     });
     match result {
@@ -182,6 +184,13 @@ async fn serve(args: ServeArgs, started: Instant) -> Result<(), BoxError> {
             None
         }
     };
+    tracing::info!(
+        publish_deadline_secs = args.publish_deadline_secs,
+        publish_timeout_ms = args.publish_timeout_ms,
+        publish_retry_min_ms = args.publish_retry_min_ms,
+        publish_retry_max_ms = args.publish_retry_max_ms,
+        "publication settings"
+    );
     let app = App::start(config).await?;
     tracing::info!(
         addr = %app.addr(),

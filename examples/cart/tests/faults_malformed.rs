@@ -43,6 +43,30 @@ fn malformed_requests() -> Vec<(String, &'static str, Vec<u8>)> {
         ),
         (format!("/additem/{cart}"), json, vec![b'a'; 20 * 1024]),
         (format!("/additem/{cart}"), json, b"\xff\xfe\xfd".to_vec()),
+        // Well-formed, but outside the cart's limits: a NUL no read model
+        // could store, a price whose sums would overflow.
+        (
+            format!("/additem/{cart}"),
+            json,
+            good_add.replace("\"d\"", "\"a\\u0000b\"").into_bytes(),
+        ),
+        (
+            format!("/additem/{cart}"),
+            json,
+            good_add.replace("\"i\"", "\"\\u0000\"").into_bytes(),
+        ),
+        (
+            format!("/additem/{cart}"),
+            json,
+            good_add
+                .replace("\"1.00\"", "\"50000000000000000000000000000\"")
+                .into_bytes(),
+        ),
+        (
+            format!("/changeprice/{product}"),
+            json,
+            b"{\"old_price\":\"1\",\"new_price\":\"0.00000001\"}".to_vec(),
+        ),
         (format!("/removeitem/{cart}"), json, b"[]".to_vec()),
         (
             format!("/removeitem/{cart}"),

@@ -103,11 +103,13 @@ async fn every_error_status_of_the_spec() {
     }
     let (s, b) = t.add(cart, new_id(), product, "1").await;
     assert_eq!((s, code(&b).as_str()), (409, "CartFull"));
-    t.post(
-        &format!("/removeitem/{cart}"),
-        Some(json!({"item_id": items[2]})),
-    )
-    .await;
+    let (s, b) = t
+        .post(
+            &format!("/removeitem/{cart}"),
+            Some(json!({"item_id": items[2]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
     let (s, b) = t.add(cart, items[0], product, "1").await;
     assert_eq!((s, code(&b).as_str()), (409, "ItemAlreadyInCart"));
     let (s, b) = t
@@ -119,7 +121,7 @@ async fn every_error_status_of_the_spec() {
     assert_eq!((s, code(&b).as_str()), (409, "ItemNotInCart"));
 
     let empty = new_id();
-    t.add(empty, new_id(), product, "1").await;
+    assert_eq!(t.add(empty, new_id(), product, "1").await.0, 200);
     assert_eq!(t.post(&format!("/clearcart/{empty}"), None).await.0, 200);
     let (s, b) = t.post(&format!("/submitcart/{empty}"), None).await;
     assert_eq!((s, code(&b).as_str()), (409, "CannotSubmitEmptyCart"));
@@ -314,12 +316,19 @@ async fn a_price_change_archives_only_items_added_before_it() {
     let t = start().await;
     let (cart, cart2, other, product, kept) = (new_id(), new_id(), new_id(), new_id(), new_id());
     let (a, b, c, d) = (new_id(), new_id(), new_id(), new_id());
-    t.add(cart, a, product, "1.00").await;
-    t.add(cart, b, product, "1.00").await; // two items of one product
-    t.add(cart2, c, kept, "3.00").await; // another product
-    t.add(cart2, d, product, "1.00").await;
-    t.add(other, new_id(), product, "1.00").await;
-    t.post(&format!("/submitcart/{other}"), None).await;
+    let setup = [
+        (cart, a, product, "1.00"),
+        (cart, b, product, "1.00"), // two items of one product
+        (cart2, c, kept, "3.00"),   // another product
+        (cart2, d, product, "1.00"),
+        (other, new_id(), product, "1.00"),
+    ];
+    for (cart, item, product, price) in setup {
+        let (status, answer) = t.add(cart, item, product, price).await;
+        assert_eq!(status, 200, "setting up: {answer}");
+    }
+    let (status, answer) = t.post(&format!("/submitcart/{other}"), None).await;
+    assert_eq!(status, 200, "setting up: {answer}");
 
     let (s, changed) = t
         .post(
@@ -357,25 +366,57 @@ async fn reset_cart_items_rebuilds_the_same_content() {
     for n in 0..5 {
         let (cart, product) = (new_id(), new_id());
         let first = new_id();
-        t.add(cart, first, product, "1.10").await;
-        t.add(cart, new_id(), product, "2.20").await;
+        assert_eq!(t.add(cart, first, product, "1.10").await.0, 200);
+        assert_eq!(t.add(cart, new_id(), product, "2.20").await.0, 200);
         if n % 2 == 0 {
-            t.post(
-                &format!("/removeitem/{cart}"),
-                Some(json!({"item_id": first})),
-            )
-            .await;
+            let (status, answer) = t
+                .post(
+                    &format!("/removeitem/{cart}"),
+                    Some(json!({"item_id": first})),
+                )
+                .await;
+            assert_eq!(status, 200, "setting up: {answer}");
         }
         if n == 3 {
-            t.post(&format!("/clearcart/{cart}"), None).await;
+            let (status, answer) = t.post(&format!("/clearcart/{cart}"), None).await;
+            assert_eq!(status, 200, "setting up: {answer}");
         }
         carts.push(cart);
     }
     t.settle(CartItemsDbListener::ID).await;
     let mut before = Vec::new();
     for cart in &carts {
-        before.push(t.get(&format!("/{cart}/cartitemsfromdb")).await);
+        let (status, view) = t.get(&format!("/{cart}/cartitemsfromdb")).await;
+        assert_eq!(status, 200, "{view}");
+        before.push((status, view));
     }
+
+    // Damage the tables behind the listener's back: only a rebuild from the
+    // log puts them right again.
+    let pool = t.app.store().pool();
+    let stray = new_id();
+    for statement in [
+        format!("DELETE FROM cart.cart_items WHERE cart_id = '{}'", carts[0]),
+        format!("DELETE FROM cart.carts WHERE cart_id = '{}'", carts[1]),
+        format!(
+            "UPDATE cart.cart_items SET description = 'damaged', price = '999' \
+             WHERE cart_id = '{}'",
+            carts[2]
+        ),
+        format!("INSERT INTO cart.carts (cart_id) VALUES ('{stray}')"),
+    ] {
+        sqlx::query(&statement)
+            .execute(pool)
+            .await
+            .expect("damaging the tables");
+    }
+    let mut damaged = Vec::new();
+    for cart in &carts {
+        damaged.push(t.get(&format!("/{cart}/cartitemsfromdb")).await);
+    }
+    assert_ne!(damaged, before, "the damage shows");
+    assert_eq!(t.get(&format!("/{stray}/cartitemsfromdb")).await.0, 200);
+
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cart"))
         .arg("reset-cart-items")
         .env("DATABASE_URL", t.db.url())
@@ -394,5 +435,7 @@ async fn reset_cart_items_rebuilds_the_same_content() {
     for (cart, before) in carts.iter().zip(before) {
         assert_eq!(t.get(&format!("/{cart}/cartitemsfromdb")).await, before);
     }
+    let (status, answer) = t.get(&format!("/{stray}/cartitemsfromdb")).await;
+    assert_eq!(status, 404, "the stray row is gone: {answer}");
     t.stop().await;
 }

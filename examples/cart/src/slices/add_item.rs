@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::error::{CartError, MAX_ITEMS};
 use crate::events::{CartEvent, CartStream};
+use crate::limits::{self, InvalidValue, MAX_DESCRIPTION_BYTES, MAX_IMAGE_BYTES};
 
 /// The command.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +25,22 @@ pub struct AddItem {
     pub price: Decimal,
     /// Computed by the server from the request.
     pub fingerprint: String,
+}
+
+impl AddItem {
+    /// Checks the command's values against the cart's [`limits`]: the
+    /// description and image hold no NUL and are not too long, the price is
+    /// in range. `process` checks this first; the HTTP handler checks it
+    /// before deciding, so a bad value costs no read.
+    ///
+    /// # Errors
+    /// The first value out of bounds, naming its field.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        limits::check_text("description", &self.description, MAX_DESCRIPTION_BYTES)?;
+        limits::check_text("image", &self.image, MAX_IMAGE_BYTES)?;
+        limits::check_text("fingerprint", &self.fingerprint, MAX_DESCRIPTION_BYTES)?;
+        limits::check_price("price", self.price)
+    }
 }
 
 /// What AddItem knows about the cart.
@@ -72,6 +89,7 @@ impl Decision for AddItem {
     }
 
     fn process(&self, cart: &AddItemState) -> Result<Vec<CartEvent>, CartError> {
+        self.validate()?;
         if cart.submitted {
             return Err(CartError::CartCannotBeAltered);
         }
@@ -197,6 +215,38 @@ mod tests {
         ])
         .when(add(CART, 1))
         .then([added(CART, 1, 10, "1.00")]);
+    }
+
+    #[test]
+    fn values_out_of_bounds_are_refused_before_any_rule() {
+        let submitted_cart = [
+            created(CART),
+            added(CART, 1, 10, "1.00"),
+            submitted(CART, &[]),
+        ];
+        let mut nul = add(CART, 2);
+        nul.description = "a\0b".to_owned();
+        TestHarness::given(submitted_cart.clone())
+            .when(nul)
+            .then_err(CartError::InvalidValue(InvalidValue::Nul {
+                field: "description",
+            }));
+        let mut long = add(CART, 2);
+        long.image = "i".repeat(MAX_IMAGE_BYTES + 1);
+        TestHarness::when(long).then_err(CartError::InvalidValue(InvalidValue::TooLong {
+            field: "image",
+            bytes: MAX_IMAGE_BYTES + 1,
+            max: MAX_IMAGE_BYTES,
+        }));
+        TestHarness::when(add_at(CART, 2, 10, "50000000000000000000000000000")).then_err(
+            CartError::InvalidValue(InvalidValue::PriceTooHigh {
+                field: "price",
+                max: limits::MAX_PRICE,
+            }),
+        );
+        TestHarness::when(add_at(CART, 2, 10, "-1")).then_err(CartError::InvalidValue(
+            InvalidValue::NegativePrice { field: "price" },
+        ));
     }
 
     #[test]

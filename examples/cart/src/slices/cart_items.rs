@@ -8,7 +8,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::CartError;
 use crate::events::{CartEvent, CartEventTag, CartStream};
+use crate::limits::sum_prices;
 
 /// One item as the read models show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +29,7 @@ pub struct CartItem {
     pub fingerprint: String,
 }
 
-/// One cart as the read models show it.
+/// One cart as the read models show it (the HTTP answer).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartItemsView {
     /// The cart.
@@ -39,26 +41,43 @@ pub struct CartItemsView {
 }
 
 impl CartItemsView {
-    /// An empty cart.
-    pub fn empty(cart_id: Uuid) -> Self {
-        CartItemsView {
+    /// The view of `cart_id` holding `items`, totalled with checked
+    /// arithmetic.
+    ///
+    /// # Errors
+    /// [`CartError::TotalOverflow`] when the prices do not add up within
+    /// `Decimal`'s range (only a history written without the cart's
+    /// [`limits`](crate::limits) can get there).
+    pub fn new(cart_id: Uuid, items: Vec<CartItem>) -> Result<Self, CartError> {
+        let total_price =
+            sum_prices(items.iter().map(|i| i.price)).ok_or(CartError::TotalOverflow)?;
+        Ok(CartItemsView {
             cart_id,
-            total_price: Decimal::ZERO,
-            items: Vec::new(),
-        }
-    }
-
-    /// Recomputes the total from the items.
-    pub fn retotal(&mut self) {
-        self.total_price = self.items.iter().map(|i| i.price).sum();
+            total_price,
+            items,
+        })
     }
 }
 
-/// The carts seen so far, by id.
+/// The carts seen so far: each cart's items in the order they were added.
+/// The total is computed when a cart is shown ([`CartItems::view`]), so
+/// that a fold never does arithmetic that could fail.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CartItems {
-    /// Every cart that exists.
-    pub carts: BTreeMap<Uuid, CartItemsView>,
+    /// Every cart that exists, with its items.
+    pub carts: BTreeMap<Uuid, Vec<CartItem>>,
+}
+
+impl CartItems {
+    /// Cart `cart_id` as the HTTP answer shows it; `None` when it does not
+    /// exist.
+    ///
+    /// # Errors
+    /// See [`CartItemsView::new`].
+    pub fn view(&self, cart_id: Uuid) -> Option<Result<CartItemsView, CartError>> {
+        let items = self.carts.get(&cart_id)?;
+        Some(CartItemsView::new(cart_id, items.clone()))
+    }
 }
 
 impl ReadModel for CartItems {
@@ -67,9 +86,7 @@ impl ReadModel for CartItems {
     fn apply(&mut self, event: &Sequenced<CartEvent>) {
         match &event.event {
             CartEvent::CartCreated { cart_id } => {
-                self.carts
-                    .entry(*cart_id)
-                    .or_insert_with(|| CartItemsView::empty(*cart_id));
+                self.carts.entry(*cart_id).or_default();
             }
             CartEvent::CartItemAdded {
                 cart_id,
@@ -80,11 +97,7 @@ impl ReadModel for CartItems {
                 price,
                 fingerprint,
             } => {
-                let cart = self
-                    .carts
-                    .entry(*cart_id)
-                    .or_insert_with(|| CartItemsView::empty(*cart_id));
-                cart.items.push(CartItem {
+                self.carts.entry(*cart_id).or_default().push(CartItem {
                     item_id: *item_id,
                     product_id: *product_id,
                     description: description.clone(),
@@ -92,21 +105,18 @@ impl ReadModel for CartItems {
                     price: *price,
                     fingerprint: fingerprint.clone(),
                 });
-                cart.retotal();
             }
             CartEvent::CartItemRemoved { cart_id, item_id }
             | CartEvent::ItemArchived {
                 cart_id, item_id, ..
             } => {
-                if let Some(cart) = self.carts.get_mut(cart_id) {
-                    cart.items.retain(|i| i.item_id != *item_id);
-                    cart.retotal();
+                if let Some(items) = self.carts.get_mut(cart_id) {
+                    items.retain(|i| i.item_id != *item_id);
                 }
             }
             CartEvent::CartCleared { cart_id } => {
-                if let Some(cart) = self.carts.get_mut(cart_id) {
-                    cart.items.clear();
-                    cart.retotal();
+                if let Some(items) = self.carts.get_mut(cart_id) {
+                    items.clear();
                 }
             }
             _ => {}
@@ -114,14 +124,16 @@ impl ReadModel for CartItems {
     }
 }
 
-/// Folds cart `cart_id` from the store; `None` when it does not exist.
+/// Folds cart `cart_id` from the store: its items in the order they were
+/// added, `None` when it does not exist ([`CartItemsView::new`] totals
+/// them).
 ///
 /// # Errors
 /// Store failures and events that no longer decode.
 pub async fn load(
     store: &dyn EventStore,
     cart_id: Uuid,
-) -> Result<Option<CartItemsView>, StoreError> {
+) -> Result<Option<Vec<CartItem>>, StoreError> {
     let query = state_query_for::<CartStream>(&[CartEventTag::CartId.of(cart_id)]);
     let result = store.read(&query, ReadOptions::forwards()).await?;
     let mut events = result.events;
@@ -149,14 +161,6 @@ mod tests {
         }
     }
 
-    fn view(cart: Uuid, total: &str, items: Vec<CartItem>) -> CartItemsView {
-        CartItemsView {
-            cart_id: cart,
-            total_price: dec(total),
-            items,
-        }
-    }
-
     #[test]
     fn items_are_added_removed_archived_and_cleared() {
         ProjectionHarness::given([
@@ -172,11 +176,35 @@ mod tests {
             archived(CART, 2, 20, id(999)),
         ])
         .then(CartItems {
-            carts: [
-                (CART, view(CART, "0.25", vec![item(3, 10, "0.25")])),
-                (OTHER, view(OTHER, "0", vec![])),
-            ]
-            .into(),
+            carts: [(CART, vec![item(3, 10, "0.25")]), (OTHER, vec![])].into(),
+        });
+    }
+
+    #[test]
+    fn a_view_is_totalled_in_order_of_adding() {
+        ProjectionHarness::given([
+            created(CART),
+            added(CART, 2, 20, "2.50"),
+            added(CART, 1, 10, "1.00"),
+        ])
+        .then_assert(|model: &CartItems| {
+            let view = model.view(CART).expect("the cart exists").unwrap();
+            assert_eq!(view.total_price, dec("3.50"));
+            assert_eq!(view.items, vec![item(2, 20, "2.50"), item(1, 10, "1.00")]);
+            assert!(model.view(OTHER).is_none());
+        });
+    }
+
+    #[test]
+    fn a_total_beyond_decimal_range_is_an_error_not_a_panic() {
+        // Only a history written without the price bounds can hold these.
+        ProjectionHarness::given([
+            created(CART),
+            added(CART, 1, 10, "50000000000000000000000000000"),
+            added(CART, 2, 10, "50000000000000000000000000000"),
+        ])
+        .then_assert(|model: &CartItems| {
+            assert_eq!(model.view(CART), Some(Err(CartError::TotalOverflow)));
         });
     }
 
@@ -188,7 +216,7 @@ mod tests {
             submitted(CART, &[(1, 10, "1.00")]),
         ])
         .then(CartItems {
-            carts: [(CART, view(CART, "1.00", vec![item(1, 10, "1.00")]))].into(),
+            carts: [(CART, vec![item(1, 10, "1.00")])].into(),
         });
     }
 

@@ -1,13 +1,14 @@
 //! ChangeInventory: a product's stock changed (from `inventories`).
 
-use std::convert::Infallible;
-
 use dcb_core::Decision;
 use uuid::Uuid;
 
+use crate::error::CartError;
 use crate::events::CartEvent;
+use crate::limits::{check_inventory, InvalidValue};
 
-/// The command. Stateless.
+/// The command. Stateless: it records the change when the stock level is
+/// within the cart's [`limits`](crate::limits).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeInventory {
     /// The product.
@@ -18,10 +19,20 @@ pub struct ChangeInventory {
     pub idempotency_key: Option<String>,
 }
 
+impl ChangeInventory {
+    /// Checks the stock level against the cart's [`limits`](crate::limits).
+    ///
+    /// # Errors
+    /// [`InvalidValue::InventoryOutOfRange`].
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        check_inventory("inventory", self.inventory)
+    }
+}
+
 impl Decision for ChangeInventory {
     type Event = CartEvent;
     type StateQuery = ();
-    type Error = Infallible;
+    type Error = CartError;
 
     fn state_query(&self) {}
 
@@ -29,7 +40,8 @@ impl Decision for ChangeInventory {
         self.idempotency_key.clone()
     }
 
-    fn process(&self, _: &()) -> Result<Vec<CartEvent>, Infallible> {
+    fn process(&self, _: &()) -> Result<Vec<CartEvent>, CartError> {
+        self.validate()?;
         Ok(vec![CartEvent::InventoryChanged {
             product_id: self.product_id,
             inventory: self.inventory,
@@ -51,5 +63,21 @@ mod tests {
             idempotency_key: None,
         })
         .then([inventory_changed(10, 7)]);
+    }
+
+    #[test]
+    fn a_stock_level_out_of_range_is_refused() {
+        for inventory in [-1, crate::limits::MAX_INVENTORY + 1, i64::MIN, i64::MAX] {
+            TestHarness::when(ChangeInventory {
+                product_id: id(10),
+                inventory,
+                idempotency_key: None,
+            })
+            .then_err(CartError::InvalidValue(InvalidValue::InventoryOutOfRange {
+                field: "inventory",
+                min: crate::limits::MIN_INVENTORY,
+                max: crate::limits::MAX_INVENTORY,
+            }));
+        }
     }
 }

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use crate::error::CartError;
 use crate::events::{CartEvent, CartStream, OrderedProduct};
+use crate::limits::sum_prices;
 
 /// The command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,10 +74,12 @@ impl Decision for SubmitCart {
         if cart.submitted {
             return Err(CartError::CannotSubmitCartTwice);
         }
+        let total_price =
+            sum_prices(cart.items.iter().map(|i| i.price)).ok_or(CartError::TotalOverflow)?;
         Ok(vec![CartEvent::CartSubmitted {
             cart_id: self.cart_id,
             ordered_products: cart.items.clone(),
-            total_price: cart.items.iter().map(|i| i.price).sum(),
+            total_price,
         }])
     }
 }
@@ -125,6 +128,18 @@ mod tests {
         ])
         .when(submit())
         .then([submitted(CART, &[(2, 20, "2.00")])]);
+    }
+
+    #[test]
+    fn a_total_beyond_decimal_range_is_refused_not_a_panic() {
+        // Only a history written without the price bounds can hold these.
+        TestHarness::given([
+            created(CART),
+            added(CART, 1, 10, "50000000000000000000000000000"),
+            added(CART, 2, 10, "50000000000000000000000000000"),
+        ])
+        .when(submit())
+        .then_err(CartError::TotalOverflow);
     }
 
     #[test]

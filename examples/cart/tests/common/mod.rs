@@ -3,11 +3,13 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cart::app::{App, Config, SharedPublisher};
-use dcb_core::Position;
+use cart::events::CartEvent;
+use dcb_core::{Event, EventStore, Position};
 use dcb_postgres::testing::TestDatabase;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -39,10 +41,69 @@ pub async fn start_with(publisher: Option<SharedPublisher>, deadline: Duration) 
     }
 }
 
+/// How long a state may take to show (generous: the machine may be busy).
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+/// Polls `probe` until it returns `Some`, at most `bound`; panics naming
+/// `what` (and the last value seen, from `probe`'s `Err`) otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within {bound:?}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 impl TestApp {
     pub async fn stop(self) {
         self.app.shutdown().await;
         self.db.cleanup().await;
+    }
+
+    /// Stops the server, its listeners and its workers, and keeps the
+    /// database: for checks that nothing more happened once nothing runs.
+    /// Call [`TestDatabase::cleanup`] after.
+    pub async fn shut_down_keep_database(self) -> TestDatabase {
+        self.app.shutdown().await;
+        self.db
+    }
+
+    /// Appends `events` straight to the store, bypassing every command (a
+    /// history written before the cart's limits, or by another program).
+    pub async fn append_raw(&self, events: Vec<CartEvent>) -> Position {
+        let records = events
+            .iter()
+            .map(|e| e.to_record().expect("the event encodes"))
+            .collect();
+        let appended = self
+            .app
+            .store()
+            .append(records, None)
+            .await
+            .expect("the store takes the events");
+        appended.last
+    }
+
+    /// Waits until every listener of the app has handled everything up to
+    /// the head.
+    pub async fn settle_all(&self) {
+        for id in [
+            cart::slices::cart_items_db::CartItemsDbListener::ID,
+            cart::slices::carts_with_products::CartsWithProductsListener::ID,
+            cart::slices::inventories::InventoriesListener::ID,
+            cart::slices::archive_item::ARCHIVE_AUTOMATION_ID,
+        ] {
+            self.settle(id).await;
+        }
     }
 
     pub async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -93,7 +154,7 @@ impl TestApp {
             .unwrap_or(Position(0));
         self.app
             .listeners()
-            .wait_until_timeout(id, head, Duration::from_secs(30))
+            .wait_until_timeout(id, head, EVENTUALLY)
             .await
             .expect("the listener catches up");
     }

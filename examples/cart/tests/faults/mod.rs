@@ -14,7 +14,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -434,6 +434,13 @@ pub struct Record {
     pub item: Option<Uuid>,
     pub status: u16,
     pub body: Value,
+    /// The highest position of an accepted command on this cart whose
+    /// answer came before this command was sent (0: none): the decision
+    /// must have seen at least the log up to there.
+    pub seen_from: i64,
+    /// When it was sent and when its answer came.
+    pub sent: Instant,
+    pub answered: Instant,
 }
 
 /// The load's shared state.
@@ -444,6 +451,8 @@ pub struct Load {
     items: Mutex<HashMap<Uuid, Vec<Uuid>>>,
     pub products: Vec<Uuid>,
     pub records: Mutex<Vec<Record>>,
+    /// Cart → the highest position of an accepted command on it.
+    accepted: Mutex<HashMap<Uuid, i64>>,
     stop: AtomicBool,
     price_seq: AtomicU64,
 }
@@ -460,6 +469,7 @@ impl Load {
             items: Mutex::new(HashMap::new()),
             products: (0..4).map(|_| Uuid::new_v4()).collect(),
             records: Mutex::new(Vec::new()),
+            accepted: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             price_seq: AtomicU64::new(0),
         })
@@ -537,20 +547,49 @@ impl Load {
         }
     }
 
-    fn record(&self, kind: Kind, cart: Uuid, item: Option<Uuid>, answer: (u16, Value)) {
+    /// Sends a command on `cart` and records it with its answer.
+    async fn command(
+        &self,
+        kind: Kind,
+        cart: Uuid,
+        item: Option<Uuid>,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let seen_from = self
+            .accepted
+            .lock()
+            .unwrap()
+            .get(&cart)
+            .copied()
+            .unwrap_or(0);
+        let sent = Instant::now();
+        let answer = self.post(path, body).await;
+        let answered = Instant::now();
         assert!(
             answer.0 < 500 || answer.0 == 503,
             "{kind:?} on {cart} answered {}: {}",
             answer.0,
             answer.1
         );
+        if answer.0 == 200 {
+            if let Some(position) = answer.1["position"].as_i64() {
+                let mut accepted = self.accepted.lock().unwrap();
+                let highest = accepted.entry(cart).or_default();
+                *highest = (*highest).max(position);
+            }
+        }
         self.records.lock().unwrap().push(Record {
             kind,
             cart,
             item,
             status: answer.0,
-            body: answer.1,
+            body: answer.1.clone(),
+            seen_from,
+            sent,
+            answered,
         });
+        answer
     }
 
     /// One random command.
@@ -561,14 +600,13 @@ impl Load {
         if roll < 60 {
             let item = Uuid::new_v4();
             let product = self.products[below(self.products.len())];
+            let body = json!({
+                "item_id": item, "product_id": product,
+                "description": "a thing", "image": "thing.png", "price": "1.00"
+            });
+            let path = format!("/additem/{cart}");
             let answer = self
-                .post(
-                    &format!("/additem/{cart}"),
-                    Some(json!({
-                        "item_id": item, "product_id": product,
-                        "description": "a thing", "image": "thing.png", "price": "1.00"
-                    })),
-                )
+                .command(Kind::Add, cart, Some(item), &path, Some(body))
                 .await;
             if answer.0 == 200 {
                 self.items
@@ -578,7 +616,6 @@ impl Load {
                     .or_default()
                     .push(item);
             }
-            self.record(Kind::Add, cart, Some(item), answer);
         } else if roll < 78 {
             let item = {
                 let mut items = self.items.lock().unwrap();
@@ -589,35 +626,29 @@ impl Load {
                     list.swap_remove(below(list.len()))
                 }
             };
-            let answer = self
-                .post(
-                    &format!("/removeitem/{cart}"),
-                    Some(json!({ "item_id": item })),
-                )
+            let path = format!("/removeitem/{cart}");
+            let body = json!({ "item_id": item });
+            self.command(Kind::Remove, cart, Some(item), &path, Some(body))
                 .await;
-            self.record(Kind::Remove, cart, Some(item), answer);
         } else if roll < 83 {
-            let answer = self.post(&format!("/clearcart/{cart}"), None).await;
-            self.record(Kind::Clear, cart, None, answer);
+            let path = format!("/clearcart/{cart}");
+            self.command(Kind::Clear, cart, None, &path, None).await;
         } else if roll < 95 {
-            let answer = self.post(&format!("/submitcart/{cart}"), None).await;
+            let path = format!("/submitcart/{cart}");
+            let answer = self.command(Kind::Submit, cart, None, &path, None).await;
             if answer.0 == 200 || answer.0 == 409 {
                 let mut carts = self.carts.lock().unwrap();
                 if carts[slot] == cart {
                     carts[slot] = Uuid::new_v4();
                 }
             }
-            self.record(Kind::Submit, cart, None, answer);
         } else {
             let product = self.products[below(self.products.len())];
             let n = self.price_seq.fetch_add(1, Ordering::Relaxed);
-            let answer = self
-                .post(
-                    &format!("/changeprice/{product}"),
-                    Some(json!({"old_price": "1.00", "new_price": format!("2.{n:04}")})),
-                )
+            let path = format!("/changeprice/{product}");
+            let body = json!({"old_price": "1.00", "new_price": format!("2.{n:04}")});
+            self.command(Kind::ChangePrice, product, None, &path, Some(body))
                 .await;
-            self.record(Kind::ChangePrice, product, None, answer);
         }
     }
 
@@ -820,6 +851,9 @@ impl Kafka {
             br#"{"product_uuid":"not-a-uuid","inventory":1}"#,
             br#"{"product_id":"00000000-0000-4000-8000-000000000001","old_price":"-1","new_price":"1"}"#,
             b"\xff\xfe\x00",
+            // Well-formed, outside the cart's limits.
+            br#"{"product_uuid":"00000000-0000-4000-8000-000000000001","inventory":-5}"#,
+            br#"{"product_id":"00000000-0000-4000-8000-000000000001","old_price":"1","new_price":"50000000000000000000000000000"}"#,
         ];
         let topic = if below(2) == 0 {
             "inventories"
@@ -892,15 +926,17 @@ pub async fn wait_kafka_input_decided(pool: &PgPool, kafka: &Kafka, limit: Durat
 /// A log event.
 pub struct Logged {
     pub position: i64,
+    pub event_id: Uuid,
     pub event: CartEvent,
 }
 
 /// Reads the whole log.
 pub async fn read_log(pool: &PgPool) -> Result<Vec<Logged>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT position, event_type, payload FROM dcb.events ORDER BY position")
-            .fetch_all(pool)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT position, event_id, event_type, payload FROM dcb.events ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -908,6 +944,7 @@ pub async fn read_log(pool: &PgPool) -> Result<Vec<Logged>, sqlx::Error> {
             let payload: Vec<u8> = row.get("payload");
             Logged {
                 position: row.get("position"),
+                event_id: row.get("event_id"),
                 event: CartEvent::decode(&event_type, &payload)
                     .unwrap_or_else(|e| panic!("event {event_type} does not decode: {e}")),
             }
@@ -930,30 +967,169 @@ pub struct Fold {
     pub events: usize,
     /// (product, new price) of every `PriceChanged`.
     pub price_changes: Vec<(Uuid, String)>,
+    /// Event id of every `PriceChanged` → (product, position).
+    pub price_change_ids: HashMap<Uuid, (Uuid, i64)>,
 }
 
-/// Folds the log, checking the cart's rules at every position.
+/// What the cart's rules see of one cart (the oracle of the checks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CartState {
+    pub exists: bool,
+    pub submitted: bool,
+    /// Its items in the order they were added.
+    pub items: Vec<Uuid>,
+}
+
+impl CartState {
+    /// The answer the cart's rules give to `kind` on `item`: `None` when
+    /// the command is accepted, else the error code (in the order the spec
+    /// checks the rules).
+    pub fn rule(&self, kind: Kind, item: Option<Uuid>) -> Option<&'static str> {
+        let has = |item: Option<Uuid>| item.is_some_and(|i| self.items.contains(&i));
+        match kind {
+            Kind::Add if self.submitted => Some("CartCannotBeAltered"),
+            Kind::Add if self.items.len() >= 3 => Some("CartFull"),
+            Kind::Add if has(item) => Some("ItemAlreadyInCart"),
+            Kind::Remove if !self.exists => Some("CartDoesNotExist"),
+            Kind::Remove if self.submitted => Some("CartCannotBeAltered"),
+            Kind::Remove if !has(item) => Some("ItemNotInCart"),
+            Kind::Clear if self.submitted => Some("CartCannotBeAltered"),
+            Kind::Clear if !self.exists => Some("CartDoesNotExist"),
+            Kind::Submit if !self.exists => Some("CartDoesNotExist"),
+            Kind::Submit if self.items.is_empty() => Some("CannotSubmitEmptyCart"),
+            Kind::Submit if self.submitted => Some("CannotSubmitCartTwice"),
+            _ => None,
+        }
+    }
+}
+
+/// The cart an event belongs to, if it is a cart event.
+fn cart_of(event: &CartEvent) -> Option<Uuid> {
+    match event {
+        CartEvent::CartCreated { cart_id }
+        | CartEvent::CartItemAdded { cart_id, .. }
+        | CartEvent::CartItemRemoved { cart_id, .. }
+        | CartEvent::CartCleared { cart_id }
+        | CartEvent::ItemArchived { cart_id, .. }
+        | CartEvent::CartSubmitted { cart_id, .. } => Some(*cart_id),
+        _ => None,
+    }
+}
+
+/// Folds the log, checking every rule of the cart at every position: an
+/// event must be one the rules allow on the state before it.
 pub fn fold(log: &[Logged]) -> Fold {
     let mut f = Fold {
         events: log.len(),
         ..Fold::default()
     };
-    for Logged { position, event } in log {
+    let mut states: HashMap<Uuid, CartState> = HashMap::new();
+    for Logged {
+        position,
+        event_id,
+        event,
+    } in log
+    {
         let position = *position;
-        let cart = match event {
-            CartEvent::CartCreated { cart_id }
-            | CartEvent::CartItemAdded { cart_id, .. }
-            | CartEvent::CartItemRemoved { cart_id, .. }
-            | CartEvent::CartCleared { cart_id }
-            | CartEvent::ItemArchived { cart_id, .. }
-            | CartEvent::CartSubmitted { cart_id, .. } => Some(*cart_id),
-            _ => None,
+        let mut violation = |why: String| {
+            f.violations
+                .push(format!("position {position}: {why}: {event:?}"))
         };
-        if let Some(cart) = cart {
-            if f.submitted.contains(&cart) {
-                f.violations.push(format!(
-                    "position {position}: {event:?} after CartSubmitted of {cart}"
-                ));
+        if let Some(cart) = cart_of(event) {
+            let state = states.entry(cart).or_default();
+            if state.submitted {
+                violation(format!("an event after CartSubmitted of {cart}"));
+            }
+            match event {
+                CartEvent::CartCreated { .. } if state.exists => {
+                    violation("a second CartCreated".to_owned())
+                }
+                CartEvent::CartCreated { .. } => {}
+                _ if !state.exists => violation("an event of a cart never created".to_owned()),
+                CartEvent::CartItemAdded { item_id, .. } => {
+                    if state.items.contains(item_id) {
+                        violation("an item added twice".to_owned());
+                    }
+                    if state.items.len() >= 3 {
+                        violation(format!("a fourth item ({} before)", state.items.len()));
+                    }
+                }
+                CartEvent::CartItemRemoved { item_id, .. } if !state.items.contains(item_id) => {
+                    violation("the removal of an item not in the cart".to_owned())
+                }
+                CartEvent::ItemArchived {
+                    item_id,
+                    product_id,
+                    price_changed_event,
+                    ..
+                } => {
+                    if !state.items.contains(item_id) {
+                        violation("the archiving of an item not in the cart".to_owned());
+                    }
+                    match f.price_change_ids.get(price_changed_event) {
+                        None => violation("archived for an unknown price change".to_owned()),
+                        Some((product, _)) if product != product_id => {
+                            violation("archived for another product's price change".to_owned())
+                        }
+                        Some((_, changed_at)) => {
+                            let added_at = f
+                                .items
+                                .get(&cart)
+                                .and_then(|items| items.get(item_id))
+                                .map(|(_, _, at)| *at);
+                            if added_at.is_some_and(|at| at > *changed_at) {
+                                violation(
+                                    "an item added after the price change archived".to_owned(),
+                                );
+                            }
+                        }
+                    }
+                }
+                CartEvent::CartSubmitted {
+                    ordered_products,
+                    total_price,
+                    ..
+                } => {
+                    if state.items.is_empty() {
+                        violation("an empty cart submitted".to_owned());
+                    }
+                    let expected: Vec<(Uuid, Uuid, String)> = state
+                        .items
+                        .iter()
+                        .map(|item| {
+                            let (product, price, _) = &f.items[&cart][item];
+                            (*item, *product, price.clone())
+                        })
+                        .collect();
+                    let ordered: Vec<(Uuid, Uuid, String)> = ordered_products
+                        .iter()
+                        .map(|p| (p.item_id, p.product_id, p.price.to_string()))
+                        .collect();
+                    if ordered != expected {
+                        violation(format!(
+                            "ordered products differ from the cart's items {expected:?}"
+                        ));
+                    }
+                    let sum = ordered_products
+                        .iter()
+                        .try_fold(rust_decimal::Decimal::ZERO, |sum, p| {
+                            sum.checked_add(p.price)
+                        });
+                    if sum != Some(*total_price) {
+                        violation(format!("a total that is not the sum ({sum:?})"));
+                    }
+                }
+                _ => {}
+            }
+            // The state after the event.
+            match event {
+                CartEvent::CartCreated { .. } => state.exists = true,
+                CartEvent::CartItemAdded { item_id, .. } => state.items.push(*item_id),
+                CartEvent::CartItemRemoved { item_id, .. }
+                | CartEvent::ItemArchived { item_id, .. } => state.items.retain(|i| i != item_id),
+                CartEvent::CartCleared { .. } => state.items.clear(),
+                CartEvent::CartSubmitted { .. } => state.submitted = true,
+                _ => {}
             }
         }
         match event {
@@ -973,11 +1149,6 @@ pub fn fold(log: &[Logged]) -> Fold {
                     .insert(*item_id, (*product_id, price.to_string(), position));
                 f.carts_with_products
                     .insert((*cart_id, *item_id, *product_id));
-                let n = f.items[cart_id].len();
-                if n > 3 {
-                    f.violations
-                        .push(format!("position {position}: cart {cart_id} has {n} items"));
-                }
             }
             CartEvent::CartItemRemoved { cart_id, item_id }
             | CartEvent::ItemArchived {
@@ -1000,9 +1171,19 @@ pub fn fold(log: &[Logged]) -> Fold {
                 f.carts_with_products.retain(|(c, _, _)| c != cart_id);
             }
             CartEvent::CartPublished { cart_id } => {
+                if !f.submitted.contains(cart_id) {
+                    f.violations.push(format!(
+                        "position {position}: CartPublished of {cart_id}, never submitted"
+                    ));
+                }
                 *f.published.entry(*cart_id).or_default() += 1;
             }
             CartEvent::CartPublicationFailed { cart_id, .. } => {
+                if !f.submitted.contains(cart_id) {
+                    f.violations.push(format!(
+                        "position {position}: CartPublicationFailed of {cart_id}, never submitted"
+                    ));
+                }
                 f.publication_failed.insert(*cart_id);
             }
             CartEvent::InventoryChanged {
@@ -1015,10 +1196,133 @@ pub fn fold(log: &[Logged]) -> Fold {
                 product_id,
                 new_price,
                 ..
-            } => f.price_changes.push((*product_id, new_price.to_string())),
+            } => {
+                f.price_changes.push((*product_id, new_price.to_string()));
+                f.price_change_ids
+                    .insert(*event_id, (*product_id, position));
+            }
         }
     }
     f
+}
+
+/// Every cart's states through the log: (position, state after the event at
+/// that position), in order.
+pub fn cart_histories(log: &[Logged]) -> HashMap<Uuid, Vec<(i64, CartState)>> {
+    let mut histories: HashMap<Uuid, Vec<(i64, CartState)>> = HashMap::new();
+    for Logged {
+        position, event, ..
+    } in log
+    {
+        let Some(cart) = cart_of(event) else {
+            continue;
+        };
+        let history = histories.entry(cart).or_default();
+        let mut state = history.last().map(|(_, s)| s.clone()).unwrap_or_default();
+        match event {
+            CartEvent::CartCreated { .. } => state.exists = true,
+            CartEvent::CartItemAdded { item_id, .. } => state.items.push(*item_id),
+            CartEvent::CartItemRemoved { item_id, .. }
+            | CartEvent::ItemArchived { item_id, .. } => state.items.retain(|i| i != item_id),
+            CartEvent::CartCleared { .. } => state.items.clear(),
+            CartEvent::CartSubmitted { .. } => state.submitted = true,
+            _ => {}
+        }
+        history.push((*position, state));
+    }
+    histories
+}
+
+/// The rejected commands (404 and 409 answers) that the log does not
+/// justify, and the commands answered 503 `DatabaseUnavailable` ("nothing
+/// was appended") whose item is in the log all the same. A rejection is justified when the rules give its code on a state
+/// the decision could have read: the cart after some position `p` with
+/// `seen_from <= p < first`, where `seen_from` is the last accepted command
+/// on the cart answered before it was sent, and `first` the position of the
+/// first command anywhere accepted after being sent once its answer came
+/// (it could not have been seen). An Add or Remove that was rejected must
+/// also have left no event of its item (the load never sends two Adds or two
+/// Removes of one item).
+pub fn unjustified_rejections(log: &[Logged], records: &[Record]) -> Vec<String> {
+    let histories = cart_histories(log);
+    let mut accepted: Vec<(Instant, i64)> = records
+        .iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| Some((r.sent, r.body["position"].as_i64()?)))
+        .collect();
+    accepted.sort();
+    // After each send time, the lowest position accepted from there on.
+    let mut lowest_after = vec![i64::MAX; accepted.len() + 1];
+    for i in (0..accepted.len()).rev() {
+        lowest_after[i] = lowest_after[i + 1].min(accepted[i].1);
+    }
+    let mut added: HashSet<(Uuid, Uuid)> = HashSet::new();
+    let mut removed: HashSet<(Uuid, Uuid)> = HashSet::new();
+    for Logged { event, .. } in log {
+        match event {
+            CartEvent::CartItemAdded {
+                cart_id, item_id, ..
+            } => {
+                added.insert((*cart_id, *item_id));
+            }
+            CartEvent::CartItemRemoved { cart_id, item_id } => {
+                removed.insert((*cart_id, *item_id));
+            }
+            _ => {}
+        }
+    }
+    let empty = Vec::new();
+    let mut unjustified = Vec::new();
+    for r in records.iter().filter(|r| {
+        r.status == 404
+            || r.status == 409
+            || (r.status == 503 && r.body["error"] == "DatabaseUnavailable")
+    }) {
+        let code = r.body["error"].as_str().unwrap_or_default();
+        let left_a_trace = match (r.kind, r.item) {
+            (Kind::Add, Some(item)) => added.contains(&(r.cart, item)),
+            (Kind::Remove, Some(item)) => removed.contains(&(r.cart, item)),
+            _ => false,
+        };
+        if left_a_trace {
+            unjustified.push(format!("answered {code} but in the log: {r:?}"));
+            continue;
+        }
+        if r.status == 503 || code == "ConcurrentModification" {
+            // "Nothing was appended" (true, as checked above), or gave up
+            // after its retries: no rule to justify.
+            continue;
+        }
+        let first_unseen = lowest_after[accepted.partition_point(|(sent, _)| *sent <= r.answered)];
+        let history = histories.get(&r.cart).unwrap_or(&empty);
+        // The state at `seen_from`, then every state up to `first_unseen`.
+        let start = history.partition_point(|(p, _)| *p <= r.seen_from);
+        let at_seen_from = start
+            .checked_sub(1)
+            .map(|i| history[i].1.clone())
+            .unwrap_or_default();
+        let candidates = std::iter::once(&at_seen_from).chain(
+            history[start..]
+                .iter()
+                .take_while(|(p, _)| *p < first_unseen)
+                .map(|(_, s)| s),
+        );
+        let mut justified = false;
+        for state in candidates {
+            if state.rule(r.kind, r.item) == Some(code) {
+                justified = true;
+                break;
+            }
+        }
+        if !justified {
+            unjustified.push(format!(
+                "rejected ({code}) though no state it could have read says so \
+                 (seen from {}, before {first_unseen}): {r:?}",
+                r.seen_from
+            ));
+        }
+    }
+    unjustified
 }
 
 /// What the read-model tables hold.
@@ -1219,7 +1523,10 @@ pub async fn check(pool: &PgPool, expect: &Expect<'_>, fold: &Fold) {
     let mut by_position: HashMap<i64, &CartEvent> = HashMap::new();
     let mut price_changes: HashMap<(Uuid, String), u32> = HashMap::new();
     let mut inventories: HashMap<(Uuid, i64), u32> = HashMap::new();
-    for Logged { position, event } in &log {
+    for Logged {
+        position, event, ..
+    } in &log
+    {
         by_position.insert(*position, event);
         match event {
             CartEvent::CartItemAdded {
@@ -1272,6 +1579,17 @@ pub async fn check(pool: &PgPool, expect: &Expect<'_>, fold: &Fold) {
         };
         assert!(ok, "a 200 command is not in the log exactly once: {r:?}");
     }
+    let unjustified = unjustified_rejections(&log, &records);
+    assert!(
+        unjustified.is_empty(),
+        "{} of {} rejections and 503s are not justified by the log: {:#?}",
+        unjustified.len(),
+        records
+            .iter()
+            .filter(|r| r.status == 404 || r.status == 409 || r.status == 503)
+            .count(),
+        &unjustified[..unjustified.len().min(8)]
+    );
     for (cart, n) in &fold.published {
         assert_eq!(*n, 1, "CartPublished of {cart} is recorded {n} times");
     }
@@ -1337,9 +1655,32 @@ impl Summary<'_> {
                 k.malformed.load(Ordering::Relaxed),
             )
         });
+        let checked = self
+            .load
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == 404 || r.status == 409)
+            .count();
+        let unavailable = |code: &str| {
+            self.load
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.status == 503 && r.body["error"] == code)
+                .count()
+        };
+        let (not_appended, unknown) = (
+            unavailable("DatabaseUnavailable"),
+            unavailable("OutcomeUnknown"),
+        );
         println!(
             "SUMMARY {}: requests sent {} (+{} malformed), accepted {accepted}, rejected by rule \
-             {rejected}, other/no answer {other}; kafka produced {inventories} inventories, \
+             {rejected}, other/no answer {other} (503: {not_appended} not appended, checked \
+             against the log; {unknown} outcome unknown); {checked} rejections (404/409) \
+             justified by the log; kafka produced {inventories} inventories, \
              {prices} price-changes, {malformed} malformed; faults injected {}; events {}; \
              carts submitted {}; duplicates seen on published-carts {}; converged {:.1}s after \
              the last fault",
