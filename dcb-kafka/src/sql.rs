@@ -15,14 +15,14 @@ pub const COMPONENT: &str = "kafka";
 /// The steps, in order. Never edit a released step; append a new one.
 pub const STEPS: &[&str] = &[
     // 1: messages a translator recorded instead of deciding on them.
-    include_str!("sql/001_dead_messages.sql"),
+    include_str!("sql/migrations/0001_dead_messages.sql"),
     // 2: a dead record is one per record, not per offset: after a topic is
     // created again, a new record at a reused offset is a different message
     // and must get its own record. `record_key` is `crate::record_key`; rows
     // from before carry the offset-only key they were deduped by.
-    include_str!("sql/002_dead_messages_record_key.sql"),
+    include_str!("sql/migrations/0002_dead_messages_record_key.sql"),
     // 3: the relays' checkpoints and leases (one row per relay name).
-    include_str!("sql/003_relays.sql"),
+    include_str!("sql/migrations/0003_relays.sql"),
 ];
 
 /// Applies this crate's steps to `schema`.
