@@ -118,27 +118,31 @@ fn types_of(item: &QueryItem) -> Vec<String> {
     types
 }
 
-fn type_predicate(sql: &mut Sql, column: &str, types: Vec<String>) -> String {
-    if types.len() == 1 {
-        let p = sql.bind(Bind::Text(types.into_iter().next().unwrap_or_default()));
-        format!("{column} = {p}")
-    } else {
-        let p = sql.bind(Bind::TextArray(types));
-        format!("{column} = ANY({p})")
-    }
-}
 
-/// `SELECT <position> FROM ... WHERE <item matches> AND <range>` for one item
-/// that has tags or types (never a match-all item).
+/// `SELECT <position> FROM ... WHERE <item matches> AND <range>` for one
+/// item that has tags or types (never a match-all item), restricted to one
+/// of its types when `event_type` is given.
+///
+/// One branch per type: with `event_type = ANY(...)` the index returns the
+/// positions of each type in order but not all of them in order, so a page
+/// (`ORDER BY position LIMIT n`) had to read and sort every match in the
+/// range; with one type per branch each branch walks its index in order and
+/// stops after a page.
 pub(crate) fn item_positions(
     sql: &mut Sql,
     schema: &str,
     item: &QueryItem,
+    event_type: Option<&str>,
     range: &Range,
 ) -> String {
-    let types = types_of(item);
+    let type_predicate = |sql: &mut Sql, column: &str| {
+        event_type.map(|t| {
+            let p = sql.bind(Bind::Text(t.to_string()));
+            format!("{column} = {p}")
+        })
+    };
     if item.tags.is_empty() {
-        let types = type_predicate(sql, "e.event_type", types);
+        let types = type_predicate(sql, "e.event_type").unwrap_or_else(|| "true".into());
         return format!(
             "SELECT e.position FROM {schema}.events e WHERE {types} AND {}",
             range.predicate("e.position")
@@ -149,9 +153,9 @@ pub(crate) fn item_positions(
     tags.dedup();
     let probe = sql.bind(Bind::Text(item.tags[0].as_str().to_string()));
     let mut text = format!("SELECT t.position FROM {schema}.event_tags t WHERE t.tag = {probe}");
-    if !types.is_empty() {
+    if let Some(types) = type_predicate(sql, "t.event_type") {
         text.push_str(" AND ");
-        text.push_str(&type_predicate(sql, "t.event_type", types));
+        text.push_str(&types);
     }
     text.push_str(" AND ");
     text.push_str(&range.predicate("t.position"));
@@ -214,8 +218,15 @@ pub(crate) fn read_page(
                 continue;
             }
             seen.push(item);
-            let positions = item_positions(&mut sql, schema, item, &range);
-            branches.push(format!("({positions} ORDER BY 1 {order} LIMIT {limit})"));
+            let types = types_of(item);
+            if types.is_empty() {
+                let positions = item_positions(&mut sql, schema, item, None, &range);
+                branches.push(format!("({positions} ORDER BY 1 {order} LIMIT {limit})"));
+            }
+            for event_type in &types {
+                let positions = item_positions(&mut sql, schema, item, Some(event_type), &range);
+                branches.push(format!("({positions} ORDER BY 1 {order} LIMIT {limit})"));
+            }
         }
         format!(
             "SELECT {EVENT_COLUMNS} FROM {schema}.events e WHERE e.position IN ({}) \
