@@ -118,7 +118,6 @@ fn types_of(item: &QueryItem) -> Vec<String> {
     types
 }
 
-
 /// `SELECT <position> FROM ... WHERE <item matches> AND <range>` for one
 /// item that has tags or types (never a match-all item), restricted to one
 /// of its types when `event_type` is given.

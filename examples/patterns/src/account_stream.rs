@@ -16,12 +16,14 @@
 //! stream, and the append condition on it *is* the expected-version check.
 //! [`Transfer`] reads two streams as a tuple state and conditions on both.
 //!
-//! **Upcast.** The log holds three generations of deposits:
-//! - v1 `MoneyDeposited { euros }` (whole euros, an old type name): kept as
-//!   its own variant, [`LedgerEvent::MoneyDepositedV1`], that new code never
-//!   writes; folds convert it.
-//! - v2 `Deposited { amount }` and v3 `Deposited { cents, reference }`: one
-//!   variant; `#[serde(alias = "amount")]` reads the old field name and
+//! **Upcast.** The log holds three generations of deposits, all read as
+//! the current [`LedgerEvent::Deposited`]:
+//! - v1 `MoneyDeposited { euros }` (whole euros, an old type name):
+//!   `#[event(upcast(from = "MoneyDeposited", with = deposit_v1))]` rewrites
+//!   the old payload into the current shape ([`deposit_v1`]); new code only
+//!   ever writes `Deposited`.
+//! - v2 `Deposited { amount }` and v3 `Deposited { cents, reference }`:
+//!   `#[serde(alias = "amount")]` reads the old field name and
 //!   `#[serde(default)]` the missing one.
 //!
 //! **Why aggregates struggle.** The aggregate is its stream: a transfer is
@@ -30,13 +32,13 @@
 //! stream's facts becomes a new process manager.
 
 use dcb_core::{
-    AppendCondition, Decision, Event, EventMetadata, EventRecord, EventStore, EventType, Query,
-    ReadOptions, StateMutate, StateQuery, StoreError, Tag,
+    AppendCondition, Codec, CodecError, Decision, Event, EventRecord, EventStore, EventStoreExt,
+    EventType, JsonCodec, Query, ReadOptions, StateMutate, StateQuery, StoreError,
 };
 
 /// Every event of an account stream.
 #[derive(Event, Debug, Clone, PartialEq, Eq)]
-#[stream(AccountStream, [AccountOpened, MoneyDepositedV1, Deposited, Withdrawn])]
+#[stream(AccountStream, [AccountOpened, Deposited, Withdrawn])]
 pub enum LedgerEvent {
     /// The stream's first event.
     AccountOpened {
@@ -48,19 +50,9 @@ pub enum LedgerEvent {
         /// Who holds it.
         owner: String,
     },
-    /// A deposit as the first generation of the legacy service stored it:
-    /// whole euros, under another type name. Read, never written.
-    #[event(rename = "MoneyDeposited")]
-    MoneyDepositedV1 {
-        /// The account (the stream).
-        #[id]
-        account: String,
-        /// The stream version of this event.
-        version: u64,
-        /// Whole euros.
-        euros: u64,
-    },
-    /// Money came in.
+    /// Money came in. The first generation stored deposits as
+    /// `MoneyDeposited { euros }`: they are read as this variant too.
+    #[event(upcast(from = "MoneyDeposited", with = deposit_v1))]
     Deposited {
         /// The account (the stream).
         #[id]
@@ -91,22 +83,50 @@ impl LedgerEvent {
     pub fn version(&self) -> u64 {
         match self {
             LedgerEvent::AccountOpened { version, .. }
-            | LedgerEvent::MoneyDepositedV1 { version, .. }
             | LedgerEvent::Deposited { version, .. }
             | LedgerEvent::Withdrawn { version, .. } => *version,
         }
     }
 
-    /// What this event does to the balance, in cents (deposits of every
-    /// generation upcast to cents).
+    /// What this event does to the balance, in cents.
     pub fn balance_change(&self) -> i128 {
         match self {
             LedgerEvent::AccountOpened { .. } => 0,
-            LedgerEvent::MoneyDepositedV1 { euros, .. } => i128::from(*euros) * 100,
             LedgerEvent::Deposited { cents, .. } => i128::from(*cents),
             LedgerEvent::Withdrawn { cents, .. } => -i128::from(*cents),
         }
     }
+}
+
+/// The first generation's deposit (`MoneyDeposited { account, version,
+/// euros }`) in the current shape (`Deposited { account, version, cents,
+/// reference }`).
+///
+/// # Errors
+/// The old payload does not have that shape.
+pub fn deposit_v1(old: &[u8]) -> Result<Vec<u8>, CodecError> {
+    #[derive(serde::Deserialize)]
+    struct V1 {
+        account: String,
+        version: u64,
+        euros: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct Current {
+        account: String,
+        version: u64,
+        cents: u64,
+    }
+    let v1: V1 = JsonCodec::decode(old)?;
+    let cents = v1
+        .euros
+        .checked_mul(100)
+        .ok_or_else(|| CodecError::Decode(format!("{} euros overflow cents", v1.euros)))?;
+    JsonCodec::encode(&Current {
+        account: v1.account,
+        version: v1.version,
+        cents,
+    })
 }
 
 /// A broken account rule.
@@ -294,7 +314,7 @@ impl<S: EventStore> LegacyAccounts<S> {
 
     /// The stream query: every event tagged `account:<id>`, of any type.
     pub fn stream(account: &str) -> Query {
-        Query::tags([Tag::new("account", account)])
+        Query::tags([LedgerEventTag::Account.of(account)])
     }
 
     /// Loads the stream: its events in order, and the position read up to.
@@ -305,17 +325,11 @@ impl<S: EventStore> LegacyAccounts<S> {
         &self,
         account: &str,
     ) -> Result<(Vec<LedgerEvent>, Option<dcb_core::Position>), LegacyError> {
-        let (head, records) = self
+        let (head, events) = self
             .store
-            .read(&Self::stream(account), ReadOptions::forwards())
-            .await?
-            .collect()
+            .read_decoded::<LedgerEvent>(&Self::stream(account), ReadOptions::forwards())
             .await?;
-        let events = records
-            .iter()
-            .map(|r| r.decode::<LedgerEvent>().map(|e| e.event))
-            .collect::<Result<_, _>>()?;
-        Ok((events, head))
+        Ok((events.into_iter().map(|e| e.event).collect(), head))
     }
 
     /// The legacy deposit: load, append version n+1 if the stream is still
@@ -366,11 +380,12 @@ impl<S: EventStore> LegacyAccounts<S> {
 /// The type names are strings on purpose: this is stored data from before
 /// the current enum existed.
 pub fn legacy_history(account: &str) -> Vec<EventRecord> {
-    let raw = |event_type: &'static str, payload: String| EventRecord {
-        event_type: EventType::from_static(event_type),
-        tags: vec![Tag::new("account", account)],
-        payload: payload.into_bytes(),
-        metadata: EventMetadata::new(),
+    let raw = |event_type: &'static str, payload: String| {
+        EventRecord::new(
+            EventType::from_static(event_type),
+            [LedgerEventTag::Account.of(account)],
+            payload,
+        )
     };
     vec![
         raw(
@@ -428,14 +443,7 @@ mod tests {
             .iter()
             .map(|r| r.decode().expect("an old payload decodes"))
             .collect();
-        assert_eq!(
-            decoded[1],
-            LedgerEvent::MoneyDepositedV1 {
-                account: "a1".into(),
-                version: 2,
-                euros: 10
-            }
-        );
+        assert_eq!(decoded[1], deposited("a1", 2, 1000, ""));
         assert_eq!(decoded[2], deposited("a1", 3, 250, ""));
         let balance: i128 = decoded.iter().map(LedgerEvent::balance_change).sum();
         assert_eq!(balance, 1250);

@@ -74,11 +74,9 @@ impl Decision for RecordPayment {
 /// The options a request is decided with: its id as the correlation id of
 /// every event it causes, and the message that carried it as their cause.
 pub fn request_options(request_id: Uuid, message_id: Uuid) -> MakeOptions {
-    MakeOptions {
-        correlation_id: Some(request_id),
-        causation_id: Some(message_id),
-        ..MakeOptions::default()
-    }
+    MakeOptions::new()
+        .correlation_id(request_id)
+        .causation_id(message_id)
 }
 
 #[cfg(test)]

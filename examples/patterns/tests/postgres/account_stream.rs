@@ -44,7 +44,6 @@ fn check(log: &[LedgerEvent]) -> (BTreeMap<String, i128>, Vec<String>) {
     for event in log {
         let stream = match event {
             LedgerEvent::AccountOpened { account, .. }
-            | LedgerEvent::MoneyDepositedV1 { account, .. }
             | LedgerEvent::Deposited { account, .. }
             | LedgerEvent::Withdrawn { account, .. } => account.clone(),
         };
