@@ -35,7 +35,8 @@ impl Codec for JsonCodec {
     }
 }
 
-/// A payload that could not be encoded or decoded.
+/// A payload that could not be encoded or decoded. Never retryable: the
+/// same bytes fail the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {

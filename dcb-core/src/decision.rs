@@ -258,4 +258,22 @@ impl<E: std::error::Error + 'static> DecisionError<E> {
             _ => None,
         }
     }
+
+    /// Whether making the same decision again may succeed: after
+    /// concurrent decisions kept changing the state, or when the store was
+    /// unavailable and nothing was appended. Never for a broken rule, a
+    /// stored event that does not decode, or an unknown outcome (see
+    /// [`StoreError::OutcomeUnknown`]).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DecisionError::Conflict { .. } => true,
+            DecisionError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// Whether the store could not be reached and nothing was appended.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DecisionError::Store(e) if e.is_unavailable())
+    }
 }
