@@ -15,6 +15,7 @@
 //! `cargo run -p guide-snippets --example projection` (with `DATABASE_URL`,
 //! and `KAFKA_BROKERS` for the other two).
 
+pub mod app;
 pub mod domain;
 pub mod projection;
 pub mod relay;

@@ -23,7 +23,9 @@ pub async fn start_relay(
     topic: &str,
 ) -> Result<RelayHandle, KafkaError> {
     EventRelay::new(name, kafka)
-        .route(Route::new(Query::of::<ConcertEvent>(), topic).key_tag(ConcertEventTag::Concert.key()))
+        .route(
+            Route::new(Query::of::<ConcertEvent>(), topic).key_tag(ConcertEventTag::Concert.key()),
+        )
         .start(store)
         .await
 }

@@ -162,7 +162,11 @@ impl Processor for MailTickets {
         if mail.guest.is_empty() {
             return Err(JobError::permanent("no one to mail the ticket to"));
         }
-        self.outbox.0.lock().expect("outbox lock").push(mail.clone());
+        self.outbox
+            .0
+            .lock()
+            .expect("outbox lock")
+            .push(mail.clone());
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! Concerts scheduled elsewhere come in from a Kafka topic, each message
 //! becoming a [`Schedule`] decision (chapter "A translator from Kafka").
 
-use dcb_kafka::{KafkaConfig, KafkaError, KafkaMessage, Translator, TranslatorHandle, TranslatorRunner};
+use dcb_kafka::{
+    KafkaConfig, KafkaError, KafkaMessage, Translator, TranslatorHandle, TranslatorRunner,
+};
 use dcb_postgres::PgEventStore;
 use serde::Deserialize;
 
