@@ -29,6 +29,20 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
 fi
 echo "KAFKA_BROKERS=$KAFKA_BROKERS"
 
+step "mdbook build docs (the user guide)"
+# The guide's code is tested as doctests of docs/guide (cargo test below);
+# this checks that the book itself builds. mdbook is installed once (about
+# 3-5 minutes of compiling on two cores), then reused.
+if ! command -v mdbook >/dev/null 2>&1; then
+  cargo install mdbook --version 0.5.4 --locked
+fi
+mdbook build docs
+
+step "cargo package (the library crates)"
+# Packaged together, so each verifies against the others' packaged sources
+# before any is on crates.io (see docs/src/publishing.md).
+cargo package -p dcb-core -p dcb-macros -p dcb-postgres -p dcb-kafka --allow-dirty --quiet
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

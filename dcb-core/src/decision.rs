@@ -57,6 +57,13 @@ pub trait Decision: Send + Sync {
 
     /// A key that makes a retried command a no-op: when events with this key
     /// were appended before, the maker appends nothing and returns them.
+    ///
+    /// Keys are **store-wide**: the maker looks the key up over the whole
+    /// log, whatever decision appended it (the events carry the tag
+    /// `$idempotency:<key>`). Two different decisions given the same key
+    /// make the second a replay of the first one's events (or a decode
+    /// error, when its event type does not know them). Scope keys yourself,
+    /// e.g. `reserve:<request id>`.
     fn idempotency_key(&self) -> Option<String> {
         None
     }
@@ -146,6 +153,12 @@ impl MakeOptions {
 
     /// Sets the idempotency key: a retried command with the same key
     /// appends nothing and returns the events of the first call.
+    ///
+    /// The key is store-wide, not scoped by decision: any earlier events
+    /// tagged with it, whatever decision appended them, make this call a
+    /// replay of those events. Put the command's name in the key
+    /// (`deposit:request-7`) when several commands take keys from one
+    /// source.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self

@@ -39,6 +39,28 @@ pub use store::{
 };
 pub use tag::{EventType, InvalidTag, Position, Tag};
 
+/// `#[async_trait]`, from the `async-trait` version this crate uses: put it on
+/// `impl Listener for ..` and the other async traits of dcb, so applications
+/// need not depend on `async-trait` themselves.
+///
+/// ```
+/// use dcb_core::{async_trait, BoxError, Listener, Sequenced};
+/// # #[derive(Debug, Clone, PartialEq, dcb_core::Event)]
+/// # enum Ping { Pinged { #[id] id: u32 } }
+/// struct LogPings;
+///
+/// #[async_trait]
+/// impl Listener for LogPings {
+///     type Event = Ping;
+///     fn id(&self) -> &str { "log-pings" }
+///     async fn handle(&self, event: Sequenced<Ping>) -> Result<(), BoxError> {
+///         println!("{:?} at {}", event.event, event.position);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub use async_trait::async_trait;
+
 /// `#[derive(Event)]`: see the crate docs.
 #[cfg(feature = "macros")]
 pub use dcb_macros::Event;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::gate::Gated;
 use common::*;
 use dcb_core::{
     AppendCondition, AppendResult, DecisionError, DecisionMaker, EventRecord, EventStore,
@@ -51,10 +52,21 @@ struct Outcome {
     committed_withdrawals: u64,
     rejected: usize,
     max_attempts: u32,
+    /// Attempts beyond the first, over the committed decisions: each one
+    /// followed a failed append condition.
+    retries: u32,
 }
 
-async fn race<S: EventStore + 'static>(store: S, seed: u64) -> Outcome {
-    let maker = Arc::new(DecisionMaker::new(store));
+/// Races `CALLS` deposits and withdrawals on one account through one
+/// decision maker (`cache_entries` states cached), calling `start` once the
+/// account is set up, just before the racers are released together.
+async fn race<S: EventStore + 'static>(
+    store: S,
+    seed: u64,
+    cache_entries: usize,
+    start: impl FnOnce(&S),
+) -> Outcome {
+    let maker = Arc::new(DecisionMaker::new(store).cache_entries(cache_entries));
     maker
         .make(Open {
             account: "a1".into(),
@@ -82,6 +94,7 @@ async fn race<S: EventStore + 'static>(store: S, seed: u64) -> Outcome {
         .collect();
     rng.shuffle(&mut calls);
 
+    start(maker.store());
     let barrier = Arc::new(Barrier::new(CALLS));
     let tasks: Vec<_> = calls
         .into_iter()
@@ -117,6 +130,7 @@ async fn race<S: EventStore + 'static>(store: S, seed: u64) -> Outcome {
         committed_withdrawals: 0,
         rejected: 0,
         max_attempts: 0,
+        retries: 0,
     };
     let mut committed_positions = Vec::new();
     for task in tasks {
@@ -125,6 +139,7 @@ async fn race<S: EventStore + 'static>(store: S, seed: u64) -> Outcome {
             (_, Ok(decided)) => {
                 assert_eq!(decided.events.len(), 1, "{call:?}");
                 outcome.max_attempts = outcome.max_attempts.max(decided.attempts);
+                outcome.retries += decided.attempts - 1;
                 committed_positions.push(decided.events[0].position);
                 match call {
                     Call::Deposit(amount) => outcome.committed_deposits += amount,
@@ -198,16 +213,30 @@ async fn race<S: EventStore + 'static>(store: S, seed: u64) -> Outcome {
     outcome
 }
 
+/// Every racer reads before any appends (the gate, and no cache of states
+/// to skip the read): the withdrawals that fit the balance all append under
+/// the same condition, one wins, the others must fail theirs and retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_deposits_and_withdrawals_on_one_account() {
     for seed in 0..5 {
-        let outcome = race(InMemoryEventStore::new(), seed).await;
+        let outcome = race(
+            Gated::new(InMemoryEventStore::new(), CALLS),
+            seed,
+            0,
+            Gated::arm,
+        )
+        .await;
         eprintln!(
-            "seed {seed}: deposits {} withdrawals {} rejected {} max attempts {}",
+            "seed {seed}: deposits {} withdrawals {} rejected {} max attempts {} retries {}",
             outcome.committed_deposits,
             outcome.committed_withdrawals,
             outcome.rejected,
-            outcome.max_attempts
+            outcome.max_attempts,
+            outcome.retries
+        );
+        assert!(
+            outcome.retries > 0,
+            "seed {seed}: no append condition failed: the racers did not race"
         );
     }
 }
@@ -216,7 +245,13 @@ async fn concurrent_deposits_and_withdrawals_on_one_account() {
 async fn concurrent_deposits_and_withdrawals_with_interleaving() {
     let mut most = 0;
     for seed in 0..5 {
-        let outcome = race(Jittery(InMemoryEventStore::new()), seed).await;
+        let outcome = race(
+            Jittery(InMemoryEventStore::new()),
+            seed,
+            dcb_core::DEFAULT_CACHE_ENTRIES,
+            |_| {},
+        )
+        .await;
         eprintln!(
             "seed {seed}: deposits {} withdrawals {} rejected {} max attempts {}",
             outcome.committed_deposits,

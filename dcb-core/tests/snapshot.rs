@@ -14,6 +14,9 @@ use dcb_core::{
 };
 use serde::{Deserialize, Serialize};
 
+mod common;
+use common::gate::Gated;
+
 #[derive(Event, Debug, Clone, PartialEq)]
 enum BankEvent {
     Deposited {
@@ -446,12 +449,16 @@ fn keys_differ_by_ids_query_and_version() {
     assert_eq!(().snapshot_key(), None);
 }
 
+/// Racers that all start from the same snapshot, held by a gate until every
+/// one has read (no cache of states: each reads), so they all decide on the
+/// same state and their appends conflict: the snapshot must not weaken the
+/// append condition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racers_never_overdraw_with_snapshots_on() {
     const RACERS: usize = 40;
     let snapshots = Arc::new(InMemorySnapshotStore::new());
     let maker = Arc::new(
-        DecisionMaker::new(InMemoryEventStore::new())
+        DecisionMaker::new(Gated::new(InMemoryEventStore::new(), RACERS))
             .cache_entries(0)
             .with_snapshots(snapshots.clone(), 1)
             .with_retry(RetryPolicy {
@@ -469,10 +476,13 @@ async fn racers_never_overdraw_with_snapshots_on() {
             .await
             .unwrap();
     }
+    maker.store().arm();
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
     let mut tasks = Vec::new();
     for _ in 0..RACERS {
-        let maker = maker.clone();
+        let (maker, barrier) = (maker.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
             maker
                 .make(Withdraw {
                     account: "a1".into(),
@@ -481,10 +491,14 @@ async fn racers_never_overdraw_with_snapshots_on() {
                 .await
         }));
     }
-    let mut committed = 0;
+    let (mut committed, mut retries, mut from_snapshot) = (0, 0, 0);
     for task in tasks {
         match task.await.unwrap() {
-            Ok(_) => committed += 1,
+            Ok(decided) => {
+                committed += 1;
+                retries += decided.attempts - 1;
+                from_snapshot += usize::from(decided.snapshot.is_some());
+            }
             Err(DecisionError::Rejected(BankError::InsufficientFunds { balance, .. })) => {
                 assert!(balance < 7)
             }
@@ -492,6 +506,11 @@ async fn racers_never_overdraw_with_snapshots_on() {
         }
     }
     assert_eq!(committed, 100 / 7);
+    assert!(
+        retries > 0,
+        "no append condition failed: the racers did not race"
+    );
+    assert!(from_snapshot > 0, "no racer started from a snapshot");
     assert_eq!(balance_of(&maker, "a1").await, (100 % 7, 20 + 14));
     // The log agrees: fold it without snapshots.
     let plain = DecisionMaker::new(maker.store());

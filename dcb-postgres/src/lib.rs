@@ -27,3 +27,8 @@ pub use store::{
     DEFAULT_SCHEMA, READ_PAGE_SIZE,
 };
 pub use writer::WriterStats;
+
+/// Re-export of the `sqlx` version this crate uses, so a transactional
+/// listener can write its read model (`dcb_postgres::sqlx::query(..)`) and
+/// an application can open a pool without pinning `sqlx` itself.
+pub use sqlx;

@@ -136,8 +136,9 @@ impl PgEventStoreBuilder {
     /// connections, 5 s acquire timeout, no ping before handing out a
     /// connection: that ping is a round trip on every read, and a dead
     /// connection already fails the statement with
-    /// [`StoreError::Unavailable`], which the caller or the decision maker
-    /// retries).
+    /// [`StoreError::Unavailable`]: nothing was done, so the caller may
+    /// retry. The decision maker does not retry it by default; turn that on
+    /// with `RetryPolicy::retry_unavailable(true)`).
     pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
         self.pool_options = Some(options);
         self

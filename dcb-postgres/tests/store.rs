@@ -682,8 +682,12 @@ async fn an_undecodable_payload_names_its_type_and_position() {
     db.cleanup().await;
 }
 
+/// The writer's server sessions are killed again and again while appends
+/// are in flight. Every lost reply is resolved (the writer ends the process
+/// that ran the batch and looks its event ids up), so each caller learns
+/// the truth: its positions, or `Unavailable` and nothing of it in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_connections_fail_only_their_batch_and_the_writer_recovers() {
+async fn killed_sessions_are_resolved_and_every_outcome_matches_the_log() {
     let db = TestDatabase::create().await;
     let victim_url = format!("{}?application_name=dcb_victim", db.url());
     let store = PgEventStore::builder()
@@ -691,27 +695,38 @@ async fn killed_connections_fail_only_their_batch_and_the_writer_recovers() {
         .connect(&victim_url)
         .await
         .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for task in 0..8 {
+    for _ in 0..8 {
         let store = store.clone();
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
-            for n in 0..30 {
+            let mut n = 0;
+            while n < 5 || !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let events = vec![record("A", &[("task", "t")]), record("B", &[])];
                 let ids: Vec<_> = events.iter().map(|e| e.metadata.event_id).collect();
                 outcomes.push((ids, store.append(events, None).await));
                 if n % 5 == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                n += 1;
             }
-            let _ = task;
             outcomes
         }));
     }
-    // Meanwhile, terminate the store's server sessions again and again.
+    // Meanwhile, terminate the store's server sessions until the writer
+    // has lost several replies (a generous bound: a busy machine may need
+    // many tries to hit a batch in flight).
     let mut killed = 0i64;
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(15)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while killed == 0 || store.writer_stats().lost_replies < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no 3 lost replies within 60 s ({killed} sessions killed): {:?}",
+            store.writer_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let n: i64 = sqlx::query_scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE application_name = 'dcb_victim' AND datname = current_database()",
@@ -721,14 +736,17 @@ async fn killed_connections_fail_only_their_batch_and_the_writer_recovers() {
         .unwrap();
         killed += n;
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut ok = Vec::new();
-    let mut failed = 0;
+    let mut not_appended = Vec::new();
+    let mut unknown = Vec::new();
     for task in tasks {
         for (ids, outcome) in task.await.unwrap() {
             match outcome {
                 Ok(appended) => ok.push((ids, appended)),
-                Err(StoreError::Unavailable { .. }) => failed += 1,
-                Err(other) => panic!("a killed session should give Unavailable, not: {other}"),
+                Err(StoreError::Unavailable { .. }) => not_appended.push(ids),
+                Err(StoreError::OutcomeUnknown { .. }) => unknown.push(ids),
+                Err(other) => panic!("a killed session must give Unavailable, not: {other}"),
             }
         }
     }
@@ -750,16 +768,53 @@ async fn killed_connections_fail_only_their_batch_and_the_writer_recovers() {
         (1..=last.last.0).collect::<Vec<_>>(),
         "gapless"
     );
+    let stored: std::collections::HashSet<_> =
+        events.iter().map(|e| e.metadata().event_id).collect();
+    // Committed: its events at its positions.
     for (ids, appended) in &ok {
         for (id, position) in ids.iter().zip(appended.positions()) {
             assert_eq!(events[position.0 as usize - 1].metadata().event_id, *id);
         }
     }
+    // Not appended: none of its events in the log.
+    for ids in &not_appended {
+        assert!(
+            ids.iter().all(|id| !stored.contains(id)),
+            "an append answered Unavailable, but its events are in the log"
+        );
+    }
+    // Unknown (only if the database stayed away past the outcome timeout):
+    // all of it or nothing.
+    let unknown_committed = unknown
+        .iter()
+        .filter(|ids| {
+            let found = ids.iter().filter(|id| stored.contains(id)).count();
+            assert!(found == 0 || found == ids.len(), "an append half-written");
+            found > 0
+        })
+        .count();
     // Two events per append: no batch half-written.
-    assert_eq!(events.len() as u64, 2 * ok.len() as u64 + 1);
+    assert_eq!(
+        events.len(),
+        2 * (ok.len() + unknown_committed) + 1,
+        "the log holds exactly the committed appends"
+    );
+    // The sessions were killed with batches in flight, and every lost reply
+    // was resolved.
+    let stats = store.writer_stats();
+    assert!(killed > 0, "no session was killed");
+    assert!(stats.lost_replies >= 3, "{stats:?}");
+    assert!(
+        stats.resolved_committed + stats.resolved_not_appended + stats.unknown
+            >= stats.lost_replies,
+        "lost replies were not resolved: {stats:?}"
+    );
+    assert_eq!(stats.unknown as usize, unknown.len(), "{stats:?}");
     eprintln!(
-        "{killed} sessions killed: {} appends ok, {failed} failed",
-        ok.len()
+        "{killed} sessions killed, {stats:?}: {} appends ok, {} not appended, {} unknown",
+        ok.len(),
+        not_appended.len(),
+        unknown.len()
     );
     store.shutdown().await;
     db.cleanup().await;

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod contract;
+pub mod gate;
 
 /// The workspace README's code, compiled and run as a doctest so the taste it
 /// gives never goes stale.

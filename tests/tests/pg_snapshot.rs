@@ -13,6 +13,7 @@ use dcb_core::{
 use dcb_postgres::snapshot::PgSnapshotStore;
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
+use dcb_tests::gate::{Gated, ReadGate};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 
@@ -323,6 +324,9 @@ async fn a_snapshot_that_does_not_decode_is_ignored_and_replaced() {
     db.cleanup().await;
 }
 
+/// Racers on several stores, all starting from one snapshot and held by a
+/// read gate until every one has read, so their appends conflict: a
+/// snapshot must not weaken the append condition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racers_on_several_stores_never_overdraw() {
     const STORES: usize = 4;
@@ -333,6 +337,7 @@ async fn racers_on_several_stores_never_overdraw() {
         max_attempts: 10_000,
         ..RetryPolicy::default()
     };
+    let gate = ReadGate::new();
     let mut makers = Vec::new();
     for _ in 0..STORES {
         let store = PgEventStore::builder()
@@ -341,7 +346,7 @@ async fn racers_on_several_stores_never_overdraw() {
             .await
             .expect("store");
         makers.push(Arc::new(
-            DecisionMaker::new(store)
+            DecisionMaker::new(Gated::new(store, gate.clone()))
                 .cache_entries(0)
                 .with_snapshots(snapshots.clone(), 1)
                 .with_retry(retry.clone()),
@@ -350,17 +355,25 @@ async fn racers_on_several_stores_never_overdraw() {
     for _ in 0..20 {
         makers[0].make(deposit("a1", 5)).await.unwrap();
     }
+    gate.arm(RACERS);
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
     let mut tasks = Vec::new();
     for racer in 0..RACERS {
         let maker = makers[racer % STORES].clone();
-        tasks.push(tokio::spawn(
-            async move { maker.make(withdraw("a1", 7)).await },
-        ));
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            maker.make(withdraw("a1", 7)).await
+        }));
     }
-    let mut committed = 0;
+    let (mut committed, mut retries, mut from_snapshot) = (0, 0, 0);
     for task in tasks {
         match task.await.unwrap() {
-            Ok(_) => committed += 1,
+            Ok(decided) => {
+                committed += 1;
+                retries += decided.attempts - 1;
+                from_snapshot += usize::from(decided.snapshot.is_some());
+            }
             Err(DecisionError::Rejected(BankError::InsufficientFunds { balance, .. })) => {
                 assert!(balance < 7)
             }
@@ -368,6 +381,11 @@ async fn racers_on_several_stores_never_overdraw() {
         }
     }
     assert_eq!(committed, 100 / 7);
+    assert!(
+        retries > 0,
+        "no append condition failed: the racers did not race"
+    );
+    assert!(from_snapshot > 0, "no racer started from a snapshot");
     assert_eq!(balance_of(&makers[1], "a1").await, (100 % 7, 20 + 14));
     let plain = DecisionMaker::new(db.store().await);
     assert_eq!(balance_of(&plain, "a1").await, (100 % 7, 20 + 14));

@@ -305,3 +305,69 @@ impl ReadModel for Balances {
         }
     }
 }
+
+/// The racers' gate, shared by the concurrency tests.
+pub mod gate {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use dcb_core::{
+        AppendCondition, AppendResult, EventRecord, EventStore, Query, ReadOptions, ReadResult,
+        StoreError,
+    };
+    use tokio::sync::Barrier;
+
+    /// A store that holds the first `n` reads after [`Gated::arm`] until all
+    /// `n` were made: every racer then decides on the same state and appends
+    /// under the same condition, the worst interleaving every time, however the
+    /// tasks happen to be scheduled (with the plain in-memory store, which
+    /// never yields, they could otherwise run one after the other).
+    pub struct Gated<S> {
+        inner: S,
+        armed: AtomicBool,
+        reads: AtomicUsize,
+        n: usize,
+        barrier: Barrier,
+    }
+
+    impl<S> Gated<S> {
+        pub fn new(inner: S, n: usize) -> Self {
+            Gated {
+                inner,
+                armed: AtomicBool::new(false),
+                reads: AtomicUsize::new(0),
+                n,
+                barrier: Barrier::new(n),
+            }
+        }
+
+        pub fn arm(&self) {
+            self.armed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl<S: EventStore> EventStore for Gated<S> {
+        async fn read(
+            &self,
+            query: &Query,
+            options: ReadOptions,
+        ) -> Result<ReadResult, StoreError> {
+            let result = self.inner.read(query, options).await;
+            if self.armed.load(Ordering::SeqCst)
+                && self.reads.fetch_add(1, Ordering::SeqCst) < self.n
+            {
+                self.barrier.wait().await;
+            }
+            result
+        }
+
+        async fn append(
+            &self,
+            events: Vec<EventRecord>,
+            condition: Option<AppendCondition>,
+        ) -> Result<AppendResult, StoreError> {
+            self.inner.append(events, condition).await
+        }
+    }
+}
