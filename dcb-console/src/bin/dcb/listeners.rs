@@ -176,8 +176,9 @@ async fn parked(ops: &Ops, name: &str, json: bool) -> Result<ExitCode, dcb_conso
     Ok(ExitCode::SUCCESS)
 }
 
-/// Says so when no instance leads `name`: its requests wait until one does.
-async fn warn_without_leader(ops: &Ops, name: &str) -> Result<(), dcb_console::Error> {
+/// Says so when no instance leads `name` (its requests wait until one
+/// does); the events it handled so far.
+async fn warn_without_leader(ops: &Ops, name: &str) -> Result<u64, dcb_console::Error> {
     let status = ops.listeners().status(name).await?;
     if status.leader.is_none() {
         eprintln!(
@@ -185,13 +186,15 @@ async fn warn_without_leader(ops: &Ops, name: &str) -> Result<(), dcb_console::E
              (Ctrl-C stops waiting, not the request)"
         );
     }
-    Ok(())
+    Ok(status.handled)
 }
 
 async fn rewind(ops: &Ops, args: Rewind, rebuild: bool) -> Result<ExitCode, dcb_console::Error> {
     let admin = ops.listeners();
     let name = &args.name;
-    warn_without_leader(ops, name).await?;
+    // The handled count survives resets: what it gains from here is the
+    // replay's work.
+    let handled_before = warn_without_leader(ops, name).await?;
     let request = if rebuild {
         admin.request_rebuild(name).await?
     } else {
@@ -208,7 +211,7 @@ async fn rewind(ops: &Ops, args: Rewind, rebuild: bool) -> Result<ExitCode, dcb_
         .map(|s| Instant::now() + Duration::from_secs(s));
     let follow = async {
         let target = wait_for_rewind(ops, request, deadline).await?;
-        follow_replay(ops, name, request, target, deadline).await
+        follow_replay(ops, name, request, (handled_before, target), deadline).await
     };
     tokio::select! {
         result = follow => result,
@@ -277,12 +280,11 @@ async fn follow_replay(
     ops: &Ops,
     name: &str,
     request: RequestId,
-    target: u64,
+    (handled_at_start, target): (u64, u64),
     deadline: Option<Instant>,
 ) -> Result<ExitCode, dcb_console::Error> {
     let admin = ops.listeners();
     let started = Instant::now();
-    let handled_at_start = admin.status(name).await?.handled;
     let bar = ProgressBar::new(target.max(1));
     bar.set_style(
         ProgressStyle::with_template(
