@@ -77,6 +77,11 @@ pub struct Cart {
 /// Starts the cart on a fresh database; its publications are retried for
 /// `deadline`, every 50-200 ms.
 pub async fn start_cart(deadline: Duration) -> Cart {
+    start_cart_with(deadline, |_| {}).await
+}
+
+/// [`start_cart`], with `configure` changing the configuration first.
+pub async fn start_cart_with(deadline: Duration, configure: impl FnOnce(&mut Config)) -> Cart {
     let db = TestDatabase::create().await;
     let publisher = Arc::new(Switch::default());
     let mut config = Config::new(db.url());
@@ -84,6 +89,7 @@ pub async fn start_cart(deadline: Duration) -> Cart {
     config.publisher = Some(publisher.clone());
     config.publish_deadline = deadline;
     config.publish_backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
+    configure(&mut config);
     let app = App::start(config).await.expect("the cart starts");
     let base = format!("http://{}", app.addr());
     Cart {
