@@ -13,4 +13,4 @@ mod web;
 
 pub use error::Error;
 pub use ops::{migrate, redact, Components, OpenError, Ops};
-pub use web::{Console, ConsoleError};
+pub use web::{Console, ConsoleError, MIN_TOKEN_BYTES};
