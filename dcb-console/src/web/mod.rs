@@ -67,7 +67,7 @@ pub enum ConsoleError {
     /// token.
     #[error(
         "the console would be served on {0}, which is not a loopback address, without a token: \
-         configure one (Console::token, or DCB_CONSOLE_TOKEN for the command), or listen on \
+         configure one (`--token` or DCB_CONSOLE_TOKEN for the command and the cart, Console::token in code), or listen on \
          127.0.0.1"
     )]
     TokenRequired(SocketAddr),
