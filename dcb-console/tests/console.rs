@@ -239,3 +239,106 @@ async fn off_loopback_the_console_needs_its_token_for_every_page_and_action() {
     server.abort();
     cart.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listener_actions_from_the_console_rebuild_and_skip_with_their_outcome() {
+    use dcb_core::{EventMetadata, EventRecord, EventStore, Tag};
+    let cart = start_cart(HOUR).await;
+    cart.add_item(Uuid::new_v4(), "x").await;
+    cart.settle().await;
+    let page = format!("{}/console/listeners/cart-items-db", cart.base);
+
+    // A rewind needs its box ticked.
+    let response = cart
+        .client
+        .post(format!("{page}/rebuild"))
+        .form(&[("confirm", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response.text().await.unwrap().contains("I mean it"));
+    // Then the request's page follows it until it is done.
+    let response = cart
+        .client
+        .post(format!("{page}/rebuild"))
+        .form(&[("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let request_page = response.url().clone();
+    assert!(request_page
+        .path()
+        .contains("/console/listeners/cart-items-db/requests/"));
+    let text = response.text().await.unwrap();
+    assert!(text.contains("rebuild of"), "{text}");
+    eventually("the rebuild's page says done", || async {
+        let text = cart
+            .client
+            .get(request_page.clone())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        match text.contains(">done<") && text.contains("100.0%") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    })
+    .await;
+
+    // An event the read model cannot decode is parked; Skip resolves it.
+    let bad = cart
+        .app
+        .store()
+        .append(
+            vec![EventRecord {
+                event_type: "CartItemAdded".into(),
+                tags: vec![Tag::new("cart_id", Uuid::new_v4())],
+                payload: b"not json".to_vec(),
+                metadata: EventMetadata::new(),
+            }],
+            None,
+        )
+        .await
+        .unwrap()
+        .last
+        .0;
+    let row = format!("data-position=\"{bad}\"");
+    eventually("the parked event listed with its buttons", || async {
+        let (_, text) = cart.get("/console/listeners/cart-items-db").await;
+        match text.contains(&row) && text.contains(">Skip<") && text.contains(">Retry<") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    })
+    .await;
+    let response = cart
+        .client
+        .post(format!("{page}/skip"))
+        .form(&[("position", bad.to_string())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    eventually("the skip done and the event no longer parked", || async {
+        let (_, text) = cart.get("/console/listeners/cart-items-db").await;
+        match !text.contains(&row) {
+            true => Ok(()),
+            false => Err(text),
+        }
+    })
+    .await;
+    let parked = cart
+        .app
+        .store()
+        .listener_admin()
+        .parked("cart-items-db")
+        .await
+        .unwrap();
+    assert!(parked.is_empty(), "{parked:?}");
+    cart.stop().await;
+}
