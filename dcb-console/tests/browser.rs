@@ -11,6 +11,7 @@
 mod support;
 
 use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use dcb_postgres::queue::JobState;
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt as _;
 use serde_json::json;
 use support::*;
 use uuid::Uuid;
@@ -174,6 +176,11 @@ impl Browser {
 
     async fn close(self) {
         let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
@@ -210,6 +217,17 @@ impl<F: Fn(&str) -> bool> AsyncProbe<String> for TextOf<'_, F> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_finds_an_event_sees_a_lag_fall_and_redrives_a_dead_job() {
     let browser = Browser::start().await;
+    // Chromium quits with its session, also when the scenario fails.
+    let outcome = AssertUnwindSafe(operator_scenario(&browser))
+        .catch_unwind()
+        .await;
+    browser.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn operator_scenario(browser: &Browser) {
     let cart = start_cart(Duration::from_millis(500)).await;
     let console = format!("{}/console", cart.base);
 
@@ -354,6 +372,5 @@ async fn an_operator_finds_an_event_sees_a_lag_fall_and_redrives_a_dead_job() {
         "the job the button redrove"
     );
 
-    browser.close().await;
     cart.stop().await;
 }
