@@ -6,8 +6,9 @@
 # On a fresh machine it installs PostgreSQL (Debian's package) when missing and
 # starts a private server (see scripts/postgres.sh), and installs and starts
 # tansu, a Kafka-protocol broker, for the Kafka end-to-end tests (see
-# scripts/tansu.sh; its first build takes 15-20 minutes). Set DATABASE_URL or
-# KAFKA_BROKERS to use servers of your own instead.
+# scripts/tansu.sh; its first build takes 15-20 minutes), and installs Chromium
+# and chromedriver (Debian's packages) for the console's browser test. Set
+# DATABASE_URL or KAFKA_BROKERS to use servers of your own instead.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +43,17 @@ step "cargo package (the library crates)"
 # Packaged together, so each verifies against the others' packaged sources
 # before any is on crates.io (see docs/src/publishing.md).
 cargo package -p dcb-core -p dcb-macros -p dcb-postgres -p dcb-kafka --allow-dirty --quiet
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  step "installing Chromium and chromedriver (the console's browser test)"
+  if [ "$(id -u)" != 0 ]; then
+    echo "this user cannot install them; run: sudo apt-get install -y chromium chromium-driver" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium chromium-driver
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

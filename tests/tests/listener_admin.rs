@@ -556,3 +556,26 @@ async fn an_error_text_postgres_cannot_store_still_parks_its_event() {
     store.shutdown().await;
     db.cleanup().await;
 }
+
+/// A leader that has handled nothing since it took the lease (an empty
+/// log) is idle, not the "stopped" the table holds until its first batch;
+/// once it shuts down it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_has_handled_nothing_yet_is_idle() {
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let runner = store
+        .listeners()
+        .at_least_once(Quoting)
+        .start()
+        .await
+        .unwrap();
+    let admin = admin(&db).await;
+    let led = wait_for_status(&admin, "quoting", "led", |s| s.leader.is_some()).await;
+    assert_eq!(led.state, ListenerState::Idle, "{led:?}");
+    runner.shutdown().await;
+    let stopped = wait_for_status(&admin, "quoting", "released", |s| s.leader.is_none()).await;
+    assert_eq!(stopped.state, ListenerState::Stopped);
+    store.shutdown().await;
+    db.cleanup().await;
+}

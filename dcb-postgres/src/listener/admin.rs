@@ -442,13 +442,18 @@ fn status_from_row(row: &PgRow, head: Option<Position>) -> Result<ListenerStatus
     let owner: Option<String> = row.try_get("owner")?;
     let state: String = row.try_get("state")?;
     let leader = owner.filter(|_| leased);
-    let state = if leader.is_some() {
-        ListenerState::from_name(&state)
-    } else {
-        ListenerState::Stopped
-    };
     let position = from_db(position);
     let at = position.map_or(0, |p| p.0);
+    let lag = head.map_or(0, |h| h.0).saturating_sub(at);
+    let state = match (&leader, ListenerState::from_name(&state)) {
+        (None, _) => ListenerState::Stopped,
+        // The stored state is written with each batch (and a failure): a
+        // leader that took the lease and has handled nothing since still
+        // shows the "stopped" its predecessor left on release.
+        (Some(_), ListenerState::Stopped) if lag == 0 => ListenerState::Idle,
+        (Some(_), ListenerState::Stopped) => ListenerState::Running,
+        (Some(_), state) => state,
+    };
     Ok(ListenerStatus {
         id: row.try_get("listener_id")?,
         mode: row
@@ -457,7 +462,7 @@ fn status_from_row(row: &PgRow, head: Option<Position>) -> Result<ListenerStatus
             .and_then(DeliveryMode::from_name),
         position,
         head,
-        lag: head.map_or(0, |h| h.0).saturating_sub(at),
+        lag,
         lag_time: None,
         state,
         leader,

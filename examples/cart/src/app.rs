@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dcb_console::Console;
 use dcb_core::Backoff;
 use dcb_core::{BoxError, DecisionMaker, EventStore, RetryPolicy};
 use dcb_kafka::{KafkaConfig, Publisher, TranslatorHandle, TranslatorRunner};
@@ -64,6 +65,10 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     /// The translators' consumer group (default [`GROUP_ID`]).
     pub kafka_group: String,
+    /// The token the operators' console at `/console` requires (at least
+    /// 16 bytes). Without one the console is served only when the server
+    /// listens on a loopback address; elsewhere it is off (with a warning).
+    pub console_token: Option<String>,
 }
 
 impl Config {
@@ -78,6 +83,7 @@ impl Config {
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             kafka: None,
             kafka_group: GROUP_ID.to_owned(),
+            console_token: None,
         }
     }
 }
@@ -174,6 +180,48 @@ pub async fn start_listeners(
     Ok(runner.start().await?)
 }
 
+/// The operators' routes: the console of `dcb-console` under `/console`
+/// (off, with a warning, on an address other machines reach when no token
+/// is configured) and the metrics at `/metrics`.
+fn operations(store: &PgEventStore, config: &Config, addr: SocketAddr) -> axum::Router {
+    let mut console = Console::new(store.clone());
+    if let Some(token) = &config.console_token {
+        console = console.token(token.clone());
+    }
+    if let Some(kafka) = &config.kafka {
+        console = console.kafka(kafka.clone());
+    }
+    let routes = metrics_router(store.clone());
+    match console.router(addr) {
+        Ok(console) => routes.nest("/console", console).route(
+            "/console/",
+            axum::routing::get(|| async { axum::response::Redirect::permanent("/console") }),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "the operators' console at /console is off");
+            routes
+        }
+    }
+}
+
+/// `GET /metrics`. Stands in for `dcb_console::metrics::router(store)`,
+/// which serves every dcb metric; this placeholder gives the head only.
+fn metrics_router(store: PgEventStore) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let store = store.clone();
+            async move {
+                let head = store.head().await.ok().flatten().map_or(0, |p| p.0);
+                format!(
+                    "# HELP dcb_head_position The last position of the log.\n\
+                     # TYPE dcb_head_position gauge\ndcb_head_position {head}\n"
+                )
+            }
+        }),
+    )
+}
+
 /// The running app.
 pub struct App {
     addr: SocketAddr,
@@ -232,7 +280,7 @@ impl App {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop_http, mut stopped) = watch::channel(false);
-        let router = crate::http::router(state);
+        let router = crate::http::with_operations(state, operations(&store, &config, addr));
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

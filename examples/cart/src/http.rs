@@ -55,6 +55,13 @@ pub struct AppState {
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
+    with_operations(state, Router::new())
+}
+
+/// The routes, with `operations` beside them (the operators' routes: the
+/// console under `/console`, `/metrics`), behind the same panic and trace
+/// layers.
+pub fn with_operations(state: AppState, operations: Router) -> Router {
     Router::new()
         .route("/additem/{cart_id}", post(add_item))
         .route("/removeitem/{cart_id}", post(remove_item))
@@ -69,6 +76,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/inventories/{product_id}", get(get_inventory))
         .route("/healthcheck", get(healthcheck))
+        .with_state(state)
+        .merge(operations)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -79,7 +88,6 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// An error answer.

@@ -7,7 +7,12 @@
 //! ```
 //!
 //! Every option of `serve` also reads an environment variable (`PORT`,
-//! `HOST`, `CART_PUBLISH_*`), with or without the subcommand.
+//! `HOST`, `CART_PUBLISH_*`, `DCB_CONSOLE_TOKEN`), with or without the
+//! subcommand.
+//!
+//! The server also answers `/console` (the operators' console of
+//! `dcb-console`; on an address other than loopback only with
+//! `DCB_CONSOLE_TOKEN`) and `/metrics`.
 //!
 //! Environment: `DATABASE_URL` (without it, a private PostgreSQL is started
 //! with `scripts/postgres.sh start`, data in `.dcb/postgres`), `KAFKA_BROKERS`
@@ -75,6 +80,10 @@ struct ServeArgs {
     /// The longest wait (milliseconds) between publication attempts.
     #[arg(long, env = "CART_PUBLISH_RETRY_MAX_MS", default_value_t = 300_000)]
     publish_retry_max_ms: u64,
+    /// The token the operators' console at /console requires (at least 16
+    /// bytes). Without it the console is served only on a loopback address.
+    #[arg(long, env = "DCB_CONSOLE_TOKEN", hide_env_values = true)]
+    console_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -167,6 +176,7 @@ async fn serve(args: ServeArgs, started: Instant) -> Result<(), BoxError> {
     config.listen = SocketAddr::new(args.host, args.port);
     config.publish_deadline = Duration::from_secs(args.publish_deadline_secs);
     config.publish_timeout = Duration::from_millis(args.publish_timeout_ms.max(1));
+    config.console_token = args.console_token.filter(|t| !t.is_empty());
     config.publish_backoff = Backoff::new(
         Duration::from_millis(args.publish_retry_min_ms),
         Duration::from_millis(args.publish_retry_max_ms.max(args.publish_retry_min_ms)),

@@ -1,3 +1,0 @@
-//! The `dcb` command.
-
-fn main() {}

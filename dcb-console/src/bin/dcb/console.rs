@@ -1,0 +1,80 @@
+//! `dcb console`: the web console on its own, with `/metrics`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use dcb_console::{Console, Ops};
+use dcb_kafka::KafkaConfig;
+
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// The port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The address to listen on; anything but a loopback address needs --token.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The token every page and action then requires (at least 16 bytes).
+    #[arg(long, env = "DCB_CONSOLE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Kafka's bootstrap servers, to redrive dead records from the console.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+}
+
+pub async fn run(ops: &Ops, args: ConsoleArgs) -> Result<ExitCode, dcb_console::Error> {
+    let addr = SocketAddr::new(args.host, args.port);
+    let mut console = Console::with_ops(ops.clone());
+    if let Some(token) = args.token.filter(|t| !t.is_empty()) {
+        console = console.token(token);
+    }
+    if let Some(brokers) = args.brokers.filter(|b| !b.trim().is_empty()) {
+        console = console.kafka(KafkaConfig::new(brokers));
+    }
+    let router = console
+        .router(addr)
+        .map_err(|e| dcb_console::Error::Invalid(e.to_string()))?;
+    let app = Router::new()
+        .merge(metrics_router(ops.store().clone()))
+        .merge(router);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| dcb_console::Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    eprintln!(
+        "dcb console on http://{addr}/ (schema {}); Ctrl-C stops it",
+        ops.schema()
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| dcb_console::Error::Invalid(format!("the console's server failed: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `GET /metrics`. Stands in for `dcb_console::metrics::router(store)`,
+/// which serves every dcb metric; this placeholder gives the head only.
+fn metrics_router(store: dcb_postgres::PgEventStore) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let store = store.clone();
+            async move {
+                let head = dcb_core::EventStore::head(&store)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(0, |p| p.0);
+                format!(
+                    "# HELP dcb_head_position The last position of the log.\n\
+                     # TYPE dcb_head_position gauge\ndcb_head_position {head}\n"
+                )
+            }
+        }),
+    )
+}
