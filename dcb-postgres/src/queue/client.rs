@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dcb_core::trace::TraceContext;
 use dcb_core::{Backoff, MAX_DELAY};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row};
@@ -150,6 +151,7 @@ impl WorkQueue {
             .bind(job.triggered_by_event)
             .bind(job.triggered_by_position.map(position::to_db))
             .bind(&self.channel)
+            .bind(job_trace(job).map(sqlx::types::Json))
             .fetch_optional(executor)
             .await?;
         match row {
@@ -208,6 +210,11 @@ impl WorkQueue {
             .iter()
             .map(|j| j.triggered_by_position.map(position::to_db))
             .collect();
+        let current = dcb_core::trace::current();
+        let traces: Vec<Option<sqlx::types::Json<&TraceContext>>> = jobs
+            .iter()
+            .map(|j| j.trace.as_ref().or(current.as_ref()).map(sqlx::types::Json))
+            .collect();
         let rows = sqlx::query(&self.sql.enqueue_many)
             .bind(ids)
             .bind(queues)
@@ -223,6 +230,7 @@ impl WorkQueue {
             .bind(trig)
             .bind(trig_pos)
             .bind(&self.channel)
+            .bind(traces)
             .fetch_all(executor)
             .await?;
         rows.iter()
@@ -577,5 +585,13 @@ pub(super) fn claimed_from_row(row: &PgRow) -> Result<ClaimedJob, QueueError> {
         doomed: row.try_get("doomed")?,
         created_at: row.try_get("created_at")?,
         lease_token: row.try_get("lease_token")?,
+        trace: row
+            .try_get::<Option<sqlx::types::Json<TraceContext>>, _>("trace")?
+            .map(|t| t.0),
     })
+}
+
+/// The trace context a job is enqueued with: its own, or the current span's.
+fn job_trace(job: &NewJob) -> Option<TraceContext> {
+    job.trace.clone().or_else(dcb_core::trace::current)
 }

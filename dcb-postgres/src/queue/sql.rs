@@ -12,9 +12,11 @@ pub(super) const JOB_COLUMNS: &str = "id, queue, kind, payload, state, priority,
 /// The statements workers and enqueuers run.
 #[derive(Debug)]
 pub(super) struct Statements {
-    /// One job: `$1`..`$13` its columns, `$14` the NOTIFY channel.
+    /// One job: `$1`..`$13` its columns, `$14` the NOTIFY channel, `$15`
+    /// its trace context.
     pub(super) enqueue: String,
-    /// Many jobs: the same columns as arrays, `$14` the channel.
+    /// Many jobs: the same columns as arrays, `$14` the channel, `$15` the
+    /// trace contexts.
     pub(super) enqueue_many: String,
     /// `$1`/`$2` (queue, kind) pairs, `$3` limit, `$4` lease seconds, `$5`
     /// worker id.
@@ -55,27 +57,28 @@ impl Statements {
             enqueue: r("WITH ins AS (
                     INSERT INTO {schema}.jobs (id, queue, kind, payload, priority, run_at,
                         max_attempts, deadline, dedupe_key, triggered_by_event,
-                        triggered_by_position)
+                        triggered_by_position, trace)
                     VALUES ($1, $2, $3, $4, $5,
                         COALESCE($6, now() + make_interval(secs => COALESCE($7::float8, 0))),
-                        $8, COALESCE($9, now() + make_interval(secs => $10::float8)), $11, $12, $13)
+                        $8, COALESCE($9, now() + make_interval(secs => $10::float8)), $11, $12, $13,
+                        $15::jsonb)
                     ON CONFLICT DO NOTHING
                     RETURNING id, queue)
                 SELECT id, pg_notify($14, queue)::text AS notified FROM ins"),
             enqueue_many: r("WITH ins AS (
                     INSERT INTO {schema}.jobs (id, queue, kind, payload, priority, run_at,
                         max_attempts, deadline, dedupe_key, triggered_by_event,
-                        triggered_by_position)
+                        triggered_by_position, trace)
                     SELECT id, queue, kind, payload, priority,
                         COALESCE(run_at, now() + make_interval(secs => COALESCE(run_after, 0))),
                         max_attempts, COALESCE(deadline, now() + make_interval(secs => retry_for)),
-                        dedupe_key, triggered_by_event, triggered_by_position
+                        dedupe_key, triggered_by_event, triggered_by_position, trace
                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[],
                         $6::timestamptz[], $7::float8[], $8::int4[], $9::timestamptz[],
-                        $10::float8[], $11::text[], $12::uuid[], $13::int8[])
+                        $10::float8[], $11::text[], $12::uuid[], $13::int8[], $15::jsonb[])
                         AS t(id, queue, kind, payload, priority, run_at, run_after, max_attempts,
                              deadline, retry_for, dedupe_key, triggered_by_event,
-                             triggered_by_position)
+                             triggered_by_position, trace)
                     ON CONFLICT DO NOTHING
                     RETURNING id, queue)
                 SELECT id, pg_notify($14, queue)::text AS notified FROM ins"),
@@ -107,7 +110,7 @@ impl Statements {
                 RETURNING j.id, j.queue, j.kind, j.payload, j.priority, j.run_at, j.attempt,
                     j.max_attempts, j.deadline, j.dedupe_key, j.triggered_by_event,
                     j.triggered_by_position, j.last_error, j.doomed, j.created_at,
-                    j.lease_token"),
+                    j.lease_token, j.trace"),
             reap: r("WITH expired AS (
                     SELECT id FROM {schema}.jobs
                     WHERE state = 'running' AND lease_until < now()
