@@ -232,7 +232,7 @@ impl App {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop_http, mut stopped) = watch::channel(false);
-        let router = crate::http::router(state);
+        let router = crate::http::router(state).merge(dcb_console::metrics::router(store.clone()));
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

@@ -78,7 +78,11 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(dcb_console::telemetry::http_span)
+                .on_response(dcb_console::telemetry::http_response),
+        )
         .with_state(state)
 }
 
