@@ -45,6 +45,9 @@
 //! });
 //! ```
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
