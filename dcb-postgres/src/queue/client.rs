@@ -136,7 +136,12 @@ impl WorkQueue {
         E: sqlx::Executor<'e, Database = Postgres>,
     {
         job.validate()?;
-        let row = sqlx::query(&self.sql.enqueue)
+        let trace = job_trace(job);
+        let statement = match trace {
+            Some(_) => &self.sql.enqueue_traced,
+            None => &self.sql.enqueue,
+        };
+        let mut query = sqlx::query(statement)
             .bind(job.id)
             .bind(&job.queue)
             .bind(&job.kind)
@@ -150,10 +155,11 @@ impl WorkQueue {
             .bind(&job.dedupe_key)
             .bind(job.triggered_by_event)
             .bind(job.triggered_by_position.map(position::to_db))
-            .bind(&self.channel)
-            .bind(job_trace(job).map(sqlx::types::Json))
-            .fetch_optional(executor)
-            .await?;
+            .bind(&self.channel);
+        if let Some(trace) = trace {
+            query = query.bind(sqlx::types::Json(trace));
+        }
+        let row = query.fetch_optional(executor).await?;
         match row {
             Some(row) => Ok(Some(row.try_get::<Uuid, _>("id")?)),
             None => {
@@ -215,7 +221,13 @@ impl WorkQueue {
             .iter()
             .map(|j| j.trace.as_ref().or(current.as_ref()).map(sqlx::types::Json))
             .collect();
-        let rows = sqlx::query(&self.sql.enqueue_many)
+        let traced = traces.iter().any(Option::is_some);
+        let statement = if traced {
+            &self.sql.enqueue_many_traced
+        } else {
+            &self.sql.enqueue_many
+        };
+        let mut query = sqlx::query(statement)
             .bind(ids)
             .bind(queues)
             .bind(kinds)
@@ -229,10 +241,11 @@ impl WorkQueue {
             .bind(dedupe)
             .bind(trig)
             .bind(trig_pos)
-            .bind(&self.channel)
-            .bind(traces)
-            .fetch_all(executor)
-            .await?;
+            .bind(&self.channel);
+        if traced {
+            query = query.bind(traces);
+        }
+        let rows = query.fetch_all(executor).await?;
         rows.iter()
             .map(|row| row.try_get::<Uuid, _>("id").map_err(QueueError::from))
             .collect()
