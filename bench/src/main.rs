@@ -52,17 +52,49 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _observed = observe();
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(run(&args, &url))
+}
+
+/// Logs to stderr; with `DCB_BENCH_OBSERVE` naming `metrics` and/or
+/// `traces`, also what an observed service pays: the Prometheus recorder,
+/// and every INFO span built as an OpenTelemetry span with the W3C
+/// propagation on (exported nowhere, so the figures show the
+/// instrumentation, not an exporter's I/O).
+fn observe() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let observe = std::env::var("DCB_BENCH_OBSERVE").unwrap_or_default();
+    if observe.contains("metrics") {
+        dcb_console::metrics::install();
+    }
+    let provider = observe
+        .contains("traces")
+        .then(|| opentelemetry_sdk::trace::SdkTracerProvider::builder().build());
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error")),
+        );
+    let traces = provider.as_ref().map(|p| {
+        dcb_console::telemetry::layer(p).with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
+    if provider.is_some() {
+        dcb_console::telemetry::install_propagator();
+    }
+    if !observe.is_empty() {
+        eprintln!("[dcb-bench] observed: DCB_BENCH_OBSERVE={observe}");
+    }
+    provider
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::codec::CodecError;
 use crate::tag::{EventType, Position, Tag};
+use crate::trace::TraceContext;
 
 /// What one event type declares: its stable name and the keys of its tags.
 ///
@@ -89,6 +90,13 @@ pub struct EventMetadata {
     /// Anything else the application wants to keep (user id, request path...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<serde_json::Value>,
+    /// The W3C trace context of the operation that appended the event (see
+    /// [`crate::trace`]): stores fill it in at append time when a
+    /// [`TracePropagator`](crate::trace::TracePropagator) is installed and
+    /// the append is traced; listeners, jobs and Kafka consumers continue
+    /// the trace from it. Events stored without one read back with `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl EventMetadata {
@@ -99,6 +107,7 @@ impl EventMetadata {
             correlation_id: None,
             causation_id: None,
             user: None,
+            trace: None,
         }
     }
 }

@@ -9,12 +9,14 @@ pub mod fnv;
 pub mod limits;
 mod listener;
 mod memory;
+pub mod metrics;
 mod query;
 pub mod snapshot;
 mod state;
 mod store;
 mod tag;
 pub mod testing;
+pub mod trace;
 
 pub use backoff::{Backoff, MAX_DELAY};
 pub use codec::{Codec, CodecError, JsonCodec};

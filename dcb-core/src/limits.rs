@@ -14,6 +14,7 @@ use crate::event::EventRecord;
 use crate::query::Query;
 use crate::store::StoreError;
 use crate::tag::{EventType, Tag};
+use crate::trace::{TraceContext, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES};
 
 /// The longest tag, `key:value`, in bytes.
 pub const MAX_TAG_BYTES: usize = 1024;
@@ -53,6 +54,35 @@ pub fn check_record(record: &EventRecord) -> Result<(), StoreError> {
                 "{path} of an event of type {:?} contains a NUL character, which the store \
                  cannot keep",
                 record.event_type.as_str()
+            )));
+        }
+    }
+    if let Some(trace) = &record.metadata.trace {
+        check_trace(trace, record.event_type.as_str())?;
+    }
+    Ok(())
+}
+
+/// A trace context is W3C text: printable ASCII of bounded length.
+fn check_trace(trace: &TraceContext, event_type: &str) -> Result<(), StoreError> {
+    let fields = [
+        (
+            "traceparent",
+            Some(&trace.traceparent),
+            MAX_TRACEPARENT_BYTES,
+        ),
+        (
+            "tracestate",
+            trace.tracestate.as_ref(),
+            MAX_TRACESTATE_BYTES,
+        ),
+    ];
+    for (name, value, max) in fields {
+        let Some(value) = value else { continue };
+        if value.len() > max || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(invalid(format!(
+                "metadata.trace.{name} of an event of type {event_type:?} is not a W3C trace \
+                 context value (printable ASCII, at most {max} bytes)"
             )));
         }
     }
@@ -196,6 +226,18 @@ mod tests {
 
         let fine = record("A", vec![Tag::new("k", "é ✓ \u{1}"), Tag::new("x", "")]);
         assert!(check_record(&fine).is_ok());
+
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut traced = record("A", vec![]);
+        traced.metadata.trace = Some(TraceContext::new(parent).with_tracestate("k=v"));
+        assert!(check_record(&traced).is_ok());
+        let mut nul = record("A", vec![]);
+        nul.metadata.trace = Some(TraceContext::new(parent).with_tracestate("k=\0"));
+        let message = check_record(&nul).unwrap_err().to_string();
+        assert!(message.contains("metadata.trace.tracestate"), "{message}");
+        let mut long = record("A", vec![]);
+        long.metadata.trace = Some(TraceContext::new("0".repeat(MAX_TRACEPARENT_BYTES + 1)));
+        assert!(check_record(&long).is_err());
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl EventStore for InMemoryEventStore {
 
     async fn append(
         &self,
-        events: Vec<EventRecord>,
+        mut events: Vec<EventRecord>,
         condition: Option<AppendCondition>,
     ) -> Result<AppendResult, StoreError> {
         if events.is_empty() {
@@ -169,6 +169,7 @@ impl EventStore for InMemoryEventStore {
         }
         let now = chrono::Utc::now();
         let first = Position(inner.events.len() as u64 + 1);
+        crate::trace::stamp(&mut events, &tracing::Span::current());
         for record in events {
             let position = Position(inner.events.len() as u64 + 1);
             inner.ids.insert(record.metadata.event_id);

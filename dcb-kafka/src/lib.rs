@@ -8,6 +8,7 @@ mod processor;
 mod publisher;
 mod relay;
 pub mod sql;
+mod trace;
 mod translator;
 
 pub use config::{KafkaConfig, BROKERS_ENV};
@@ -20,6 +21,7 @@ pub use relay::{
     HEADER_CE_SPECVERSION, HEADER_CE_TIME, HEADER_CE_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
     HEADER_POSITION, HEADER_TAGS,
 };
+pub use trace::{trace_context, HEADER_TRACEPARENT, HEADER_TRACESTATE};
 pub use translator::{
     dead_messages, offset_key, record_key, Translator, TranslatorHandle, TranslatorRunner,
     TranslatorStats,

@@ -10,7 +10,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
 use tracing::Instrument;
 
-use crate::{check_reachable, KafkaConfig, KafkaError, OutgoingMessage};
+use crate::{check_reachable, trace, KafkaConfig, KafkaError, OutgoingMessage};
 
 /// How long `send` waits for room in the client's local queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,10 +103,18 @@ impl Publisher {
     /// # Errors
     /// [`KafkaError::Delivery`] when it was not acknowledged in time or was
     /// refused.
-    pub async fn send(&self, message: OutgoingMessage) -> Result<(i32, i64), KafkaError> {
+    ///
+    /// The message carries the W3C trace context of its `send` span (a child
+    /// of the current span) in `traceparent`/`tracestate` headers, unless
+    /// it has a `traceparent` header of its own.
+    pub async fn send(&self, mut message: OutgoingMessage) -> Result<(i32, i64), KafkaError> {
         let producer = self.producer();
-        let span = tracing::debug_span!("dcb.kafka.publish", topic = %message.topic);
-        let result = send_with(&producer, &message).instrument(span).await;
+        let span = trace::send_span(&message.topic, key_str(&message), None);
+        add_trace_headers(&mut message, &span);
+        let result = send_with(&producer, &message)
+            .instrument(span.clone())
+            .await;
+        trace::record_delivery(&span, result.as_ref().copied());
         if let Err(error) = &result {
             if let Some((code, reason)) = producer.client().fatal_error() {
                 self.replace(producer, &format!("fatal error {code:?}: {reason}"));
@@ -157,6 +165,29 @@ impl Publisher {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// The message's key as text, when it is UTF-8.
+fn key_str(message: &OutgoingMessage) -> Option<&str> {
+    message
+        .key
+        .as_deref()
+        .and_then(|k| std::str::from_utf8(k).ok())
+}
+
+/// Adds the trace context of `span` to `message`, unless it has one.
+fn add_trace_headers(message: &mut OutgoingMessage, span: &tracing::Span) {
+    if message
+        .headers
+        .iter()
+        .any(|(name, _)| name == trace::HEADER_TRACEPARENT)
+    {
+        return;
+    }
+    let context = dcb_core::trace::context_of(span);
+    trace::each_header(context.as_ref(), |name, value| {
+        message.headers.push((name.to_owned(), value.to_vec()));
+    });
 }
 
 /// Whether a failed send may have left the idempotent client in a state it
@@ -327,7 +358,33 @@ impl TransactionalPublisher {
         messages: &[OutgoingMessage],
     ) -> Result<Vec<(i32, i64)>, KafkaError> {
         let _one_at_a_time = self.lock.lock().await;
-        let span = tracing::debug_span!("dcb.kafka.publish_transaction", messages = messages.len());
+        let span = tracing::info_span!(
+            "dcb.kafka.publish_transaction",
+            "otel.name" = "send",
+            "otel.kind" = "producer",
+            "messaging.system" = "kafka",
+            "messaging.operation.type" = "send",
+            "messaging.operation.name" = "send",
+            "messaging.batch.message_count" = messages.len(),
+            messages = messages.len(),
+        );
+        // Every message of the transaction carries the transaction span's
+        // context (unless it has its own).
+        let traced: Vec<OutgoingMessage>;
+        let messages = match dcb_core::trace::context_of(&span) {
+            Some(_) => {
+                traced = messages
+                    .iter()
+                    .cloned()
+                    .map(|mut m| {
+                        add_trace_headers(&mut m, &span);
+                        m
+                    })
+                    .collect();
+                &traced[..]
+            }
+            None => messages,
+        };
         async {
             let after_abort = self.aborted.swap(false, Ordering::SeqCst);
             match self.transaction(messages).await {

@@ -9,6 +9,7 @@ mod error;
 mod explain_tests;
 mod io_thread;
 pub mod listener;
+pub mod metrics;
 pub mod migrations;
 mod position;
 pub mod queue;

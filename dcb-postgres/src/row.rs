@@ -1,6 +1,7 @@
 //! Converts between stored rows and [`SequencedEvent`]s.
 
 use chrono::{DateTime, Utc};
+use dcb_core::trace::TraceContext;
 use dcb_core::{EventMetadata, EventRecord, EventType, SequencedEvent, StoreError, Tag};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
@@ -9,22 +10,40 @@ use sqlx::Row;
 use crate::error::{backend, store_error};
 
 /// The metadata column: everything but the event id (a column of its own).
-#[derive(Serialize, Deserialize, Default)]
+/// Every field is optional, so rows written before a field existed still
+/// decode.
+#[derive(Deserialize, Default)]
 struct StoredMetadata {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     correlation_id: Option<uuid::Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     causation_id: Option<uuid::Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     user: Option<serde_json::Value>,
+    #[serde(default)]
+    trace: Option<TraceContext>,
+}
+
+/// [`StoredMetadata`] as written, borrowed from the event's metadata.
+#[derive(Serialize)]
+struct StoredMetadataRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causation_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a TraceContext>,
 }
 
 /// The `metadata` column's JSON text for `metadata`.
 pub(crate) fn metadata_json(metadata: &EventMetadata) -> String {
-    let stored = StoredMetadata {
+    let stored = StoredMetadataRef {
         correlation_id: metadata.correlation_id,
         causation_id: metadata.causation_id,
-        user: metadata.user.clone(),
+        user: metadata.user.as_ref(),
+        trace: metadata.trace.as_ref(),
     };
     serde_json::to_string(&stored).unwrap_or_else(|_| "{}".to_string())
 }
@@ -60,6 +79,7 @@ pub(crate) fn to_event(row: &PgRow, at: usize) -> Result<Option<SequencedEvent>,
                 correlation_id: metadata.correlation_id,
                 causation_id: metadata.causation_id,
                 user: metadata.user,
+                trace: metadata.trace,
             },
         },
     }))

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::{
@@ -480,7 +480,7 @@ impl EventStore for PgEventStore {
 
     async fn append(
         &self,
-        events: Vec<EventRecord>,
+        mut events: Vec<EventRecord>,
         condition: Option<AppendCondition>,
     ) -> Result<AppendResult, StoreError> {
         if events.is_empty() {
@@ -503,17 +503,51 @@ impl EventStore for PgEventStore {
         if self.inner.shut.load(Ordering::SeqCst) {
             return Err(StoreError::ShutDown);
         }
+        let span = tracing::info_span!(
+            "dcb.append",
+            "otel.kind" = "client",
+            "otel.status_code" = tracing::field::Empty,
+            "db.system.name" = "postgresql",
+            "db.operation.name" = "append",
+            "dcb.schema" = %self.inner.schema,
+            "dcb.events" = events.len(),
+            "dcb.position" = tracing::field::Empty,
+            "dcb.outcome" = tracing::field::Empty,
+        );
+        dcb_core::trace::stamp(&mut events, &span);
+        let started = Instant::now();
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .sender
-            .send(Message::Append(Request {
-                events,
-                condition,
-                reply,
-            }))
-            .await
-            .map_err(|_| StoreError::ShutDown)?;
-        answer.await.map_err(|_| StoreError::ShutDown)?
+        let outcome = async {
+            self.inner
+                .sender
+                .send(Message::Append(Request {
+                    events,
+                    condition,
+                    reply,
+                }))
+                .await
+                .map_err(|_| StoreError::ShutDown)?;
+            answer.await.map_err(|_| StoreError::ShutDown)?
+        }
+        .instrument(span.clone())
+        .await;
+        crate::metrics::append_finished(started.elapsed());
+        if !span.is_disabled() {
+            match &outcome {
+                Ok(appended) => {
+                    span.record("dcb.position", appended.last.0);
+                    span.record("dcb.outcome", "appended");
+                }
+                Err(e) if e.is_condition_failed() => {
+                    span.record("dcb.outcome", "condition_failed");
+                }
+                Err(_) => {
+                    span.record("dcb.outcome", "failed");
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+        }
+        outcome
     }
 
     async fn head(&self) -> Result<Option<Position>, StoreError> {

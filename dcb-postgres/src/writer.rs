@@ -174,6 +174,7 @@ async fn commit_batch(
             }
         };
         drop(parts);
+        crate::metrics::batch_committed(requests.len());
         let accepted = outcomes.iter().filter(|o| o.is_ok()).count();
         tracing::Span::current().record("accepted", accepted);
         if let Some(last) = outcomes.iter().rev().find_map(|o| o.as_ref().ok()) {

@@ -99,6 +99,34 @@ struct View<St, E> {
     snapshot_due: Option<(String, Position)>,
 }
 
+/// Notes how a decision ended on its span (and in the decision counters).
+fn record_outcome<E, R: std::error::Error + 'static>(
+    span: &tracing::Span,
+    outcome: &Result<Decided<E>, DecisionError<R>>,
+) {
+    let (name, error) = match outcome {
+        Ok(decided) if decided.replayed => ("replayed", false),
+        Ok(decided) if decided.events.is_empty() => ("unchanged", false),
+        Ok(_) => ("appended", false),
+        Err(DecisionError::Rejected(_)) => ("rejected", false),
+        Err(DecisionError::Conflict { .. }) => ("conflict", true),
+        Err(_) => ("failed", true),
+    };
+    crate::metrics::decision(name);
+    if span.is_disabled() {
+        return;
+    }
+    if let Ok(decided) = outcome {
+        span.record("dcb.attempts", decided.attempts);
+    } else if let Err(DecisionError::Conflict { attempts }) = outcome {
+        span.record("dcb.attempts", *attempts);
+    }
+    span.record("dcb.outcome", name);
+    if error {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// What a whole decision works with, computed once.
 struct Plan<'a> {
     key_tag: Option<&'a Tag>,
@@ -204,8 +232,14 @@ impl<S: EventStore> DecisionMaker<S> {
         decision: &D,
         options: MakeOptions,
     ) -> Result<Decided<D::Event>, DecisionError<D::Error>> {
-        let span = tracing::debug_span!("dcb.decide", decision = std::any::type_name::<D>());
-        async move {
+        let span = tracing::info_span!(
+            "dcb.decide",
+            "dcb.decision" = std::any::type_name::<D>(),
+            "dcb.attempts" = tracing::field::Empty,
+            "dcb.outcome" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
+        let outcome = async move {
             let key = options
                 .idempotency_key
                 .clone()
@@ -247,6 +281,12 @@ impl<S: EventStore> DecisionMaker<S> {
                 let outcome = self.attempt(decision, &options, &plan, attempt).await;
                 // One guess per decision: after a wrong one, read.
                 plan.may_guess = false;
+                if matches!(
+                    outcome,
+                    Err(DecisionError::Store(StoreError::ConditionFailed { .. }))
+                ) {
+                    crate::metrics::decision_conflict();
+                }
                 match outcome {
                     Err(DecisionError::Store(e)) if self.should_retry(&e, attempt, &plan) => {
                         if e.is_condition_failed() {
@@ -264,8 +304,10 @@ impl<S: EventStore> DecisionMaker<S> {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        record_outcome(&span, &outcome);
+        outcome
     }
 
     fn should_retry(&self, error: &StoreError, attempt: u32, plan: &Plan<'_>) -> bool {

@@ -82,7 +82,8 @@ pub(crate) fn each_header(
     }
 }
 
-/// The whole message, as an [`OutgoingMessage`].
+/// The whole message, as an [`OutgoingMessage`] (with the trace context the
+/// event was appended in: the relay itself sends that of its send span).
 pub(crate) fn outgoing(
     route: &Route,
     default_key_tag: Option<&str>,
@@ -93,9 +94,11 @@ pub(crate) fn outgoing(
     if let Some(k) = key(route.key_tag.as_deref().or(default_key_tag), event) {
         message = message.key(k);
     }
-    each_header(cloud_events, event, &mut Vec::new(), |name, value| {
+    let mut add = |name: &str, value: &[u8]| {
         message.headers.push((name.to_owned(), value.to_vec()));
-    });
+    };
+    each_header(cloud_events, event, &mut Vec::new(), &mut add);
+    crate::trace::each_header(event.record.metadata.trace.as_ref(), &mut add);
     message
 }
 

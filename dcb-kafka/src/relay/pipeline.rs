@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::{headers, producer, RelayConfig, Route};
 use crate::sql::relays::RelayTable;
+use crate::trace;
 use crate::KafkaError;
 
 /// What the relay task and its handle share.
@@ -161,6 +162,9 @@ struct Batch {
 }
 
 /// Something to put into the pipeline, in log order.
+// Nearly every item is an event (`Covered` comes once per read): boxing the
+// events to shrink the rare small variant would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Event(SequencedEvent),
     /// The log is read up to here (positions without a matching event).
@@ -483,22 +487,26 @@ fn send(
         {
             continue;
         }
-        let mut owned = OwnedHeaders::new_with_capacity(9);
-        headers::each_header(
-            shared.cloud_events.as_deref(),
-            event,
-            scratch,
-            |key, value| {
-                owned = std::mem::take(&mut owned).insert(Header {
-                    key,
-                    value: Some(value),
-                });
-            },
-        );
+        let key = headers::key(route.key_tag.as_deref(), event);
+        // The send span continues the trace the event was appended in, and
+        // the message carries the send span's context onwards.
+        let span = trace::send_span(&route.topic, key, Some(event.record.metadata.event_id));
+        dcb_core::trace::continue_from(&span, event.record.metadata.trace.as_ref());
+        let context = dcb_core::trace::context_of(&span);
+        let _sending = span.enter();
+        let mut owned = OwnedHeaders::new_with_capacity(11);
+        let mut add = |key, value: &[u8]| {
+            owned = std::mem::take(&mut owned).insert(Header {
+                key,
+                value: Some(value),
+            });
+        };
+        headers::each_header(shared.cloud_events.as_deref(), event, scratch, &mut add);
+        trace::each_header(context.as_ref(), &mut add);
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&route.topic)
             .payload(event.record.payload.as_slice())
             .headers(owned);
-        if let Some(key) = headers::key(route.key_tag.as_deref(), event) {
+        if let Some(key) = key {
             record = record.key(key);
         }
         match producer.send_result(record) {

@@ -220,12 +220,8 @@ impl Worker {
         let translator = self.translators.get(message.topic()).cloned();
         let context = self.context.clone();
         let shutdown = self.shutdown.clone();
-        let span = tracing::info_span!(
-            "dcb.kafka.translate",
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset()
-        );
+        let span =
+            crate::trace::process_span(&KafkaMessage::from_rdkafka(&message), &context.group_id);
         self.running.push(
             async move {
                 let finished = match translator {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dcb_core::trace::TraceContext;
 use dcb_core::{Backoff, MAX_DELAY};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row};
@@ -135,7 +136,12 @@ impl WorkQueue {
         E: sqlx::Executor<'e, Database = Postgres>,
     {
         job.validate()?;
-        let row = sqlx::query(&self.sql.enqueue)
+        let trace = job_trace(job);
+        let statement = match trace {
+            Some(_) => &self.sql.enqueue_traced,
+            None => &self.sql.enqueue,
+        };
+        let mut query = sqlx::query(statement)
             .bind(job.id)
             .bind(&job.queue)
             .bind(&job.kind)
@@ -149,9 +155,11 @@ impl WorkQueue {
             .bind(&job.dedupe_key)
             .bind(job.triggered_by_event)
             .bind(job.triggered_by_position.map(position::to_db))
-            .bind(&self.channel)
-            .fetch_optional(executor)
-            .await?;
+            .bind(&self.channel);
+        if let Some(trace) = trace {
+            query = query.bind(sqlx::types::Json(trace));
+        }
+        let row = query.fetch_optional(executor).await?;
         match row {
             Some(row) => Ok(Some(row.try_get::<Uuid, _>("id")?)),
             None => {
@@ -208,7 +216,18 @@ impl WorkQueue {
             .iter()
             .map(|j| j.triggered_by_position.map(position::to_db))
             .collect();
-        let rows = sqlx::query(&self.sql.enqueue_many)
+        let current = dcb_core::trace::current();
+        let traces: Vec<Option<sqlx::types::Json<&TraceContext>>> = jobs
+            .iter()
+            .map(|j| j.trace.as_ref().or(current.as_ref()).map(sqlx::types::Json))
+            .collect();
+        let traced = traces.iter().any(Option::is_some);
+        let statement = if traced {
+            &self.sql.enqueue_many_traced
+        } else {
+            &self.sql.enqueue_many
+        };
+        let mut query = sqlx::query(statement)
             .bind(ids)
             .bind(queues)
             .bind(kinds)
@@ -222,9 +241,11 @@ impl WorkQueue {
             .bind(dedupe)
             .bind(trig)
             .bind(trig_pos)
-            .bind(&self.channel)
-            .fetch_all(executor)
-            .await?;
+            .bind(&self.channel);
+        if traced {
+            query = query.bind(traces);
+        }
+        let rows = query.fetch_all(executor).await?;
         rows.iter()
             .map(|row| row.try_get::<Uuid, _>("id").map_err(QueueError::from))
             .collect()
@@ -577,5 +598,13 @@ pub(super) fn claimed_from_row(row: &PgRow) -> Result<ClaimedJob, QueueError> {
         doomed: row.try_get("doomed")?,
         created_at: row.try_get("created_at")?,
         lease_token: row.try_get("lease_token")?,
+        trace: row
+            .try_get::<Option<sqlx::types::Json<TraceContext>>, _>("trace")?
+            .map(|t| t.0),
     })
+}
+
+/// The trace context a job is enqueued with: its own, or the current span's.
+fn job_trace(job: &NewJob) -> Option<TraceContext> {
+    job.trace.clone().or_else(dcb_core::trace::current)
 }

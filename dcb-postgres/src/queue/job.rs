@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dcb_core::trace::{TraceContext, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES};
 use dcb_core::{Backoff, Position, SequencedEvent};
 use serde::Serialize;
 use uuid::Uuid;
@@ -111,6 +112,7 @@ pub struct NewJob {
     pub(crate) dedupe_key: Option<String>,
     pub(crate) triggered_by_event: Option<Uuid>,
     pub(crate) triggered_by_position: Option<Position>,
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl NewJob {
@@ -153,6 +155,7 @@ impl NewJob {
             dedupe_key: None,
             triggered_by_event: None,
             triggered_by_position: None,
+            trace: None,
         }
     }
 
@@ -240,6 +243,14 @@ impl NewJob {
         self
     }
 
+    /// Sets the trace context the job's attempts continue. Without it, the
+    /// job gets the context of the span current at enqueue (see
+    /// [`dcb_core::trace`]), if any.
+    pub fn trace(mut self, context: TraceContext) -> Self {
+        self.trace = Some(context);
+        self
+    }
+
     /// Checks that PostgreSQL can store every field: no NUL in the kind,
     /// queue, dedupe key or payload, and keys short enough for their index.
     pub(crate) fn validate(&self) -> Result<(), QueueError> {
@@ -248,6 +259,13 @@ impl NewJob {
         text::check("queue", &self.queue, MAX_NAME_BYTES).map_err(invalid)?;
         if let Some(key) = &self.dedupe_key {
             text::check("dedupe key", key, MAX_DEDUPE_KEY_BYTES).map_err(invalid)?;
+        }
+        if let Some(trace) = &self.trace {
+            text::check("trace context", &trace.traceparent, MAX_TRACEPARENT_BYTES)
+                .map_err(invalid)?;
+            if let Some(state) = &trace.tracestate {
+                text::check("trace state", state, MAX_TRACESTATE_BYTES).map_err(invalid)?;
+            }
         }
         if let Some(path) = text::json_nul_path(&self.payload) {
             return Err(QueueError::InvalidJob(format!(
@@ -306,6 +324,9 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
     /// The fencing token of this claim.
     pub lease_token: Uuid,
+    /// The trace context the job was enqueued with; each attempt's span is
+    /// its child.
+    pub trace: Option<TraceContext>,
 }
 
 impl ClaimedJob {

@@ -20,6 +20,9 @@ pub const STEPS: &[&str] = &[
     //    so that an operator (and every worker set) can tell ready jobs
     //    that no running worker will ever claim.
     include_str!("migrations/0003_worker_sets.sql"),
+    // 4: the trace context of the span that enqueued a job, continued by
+    //    each of its attempts.
+    include_str!("migrations/0004_job_trace.sql"),
 ];
 
 /// The NOTIFY channel of the queue in `schema`; the payload is a queue name.

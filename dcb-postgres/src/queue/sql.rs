@@ -14,8 +14,12 @@ pub(super) const JOB_COLUMNS: &str = "id, queue, kind, payload, state, priority,
 pub(super) struct Statements {
     /// One job: `$1`..`$13` its columns, `$14` the NOTIFY channel.
     pub(super) enqueue: String,
+    /// [`enqueue`](Self::enqueue) with `$15` the job's trace context.
+    pub(super) enqueue_traced: String,
     /// Many jobs: the same columns as arrays, `$14` the channel.
     pub(super) enqueue_many: String,
+    /// [`enqueue_many`](Self::enqueue_many) with `$15` the trace contexts.
+    pub(super) enqueue_many_traced: String,
     /// `$1`/`$2` (queue, kind) pairs, `$3` limit, `$4` lease seconds, `$5`
     /// worker id.
     pub(super) claim: String,
@@ -48,37 +52,66 @@ pub(super) struct Statements {
     pub(super) retire: String,
 }
 
+/// The statement enqueueing one job; with `traced`, it writes the `trace`
+/// column too. Jobs without a trace context leave the column out, so an
+/// application that does not trace writes what a queue migrated before the
+/// column existed accepts.
+fn enqueue_one(traced: bool) -> String {
+    let (column, value) = if traced {
+        (", trace", ", $15::jsonb")
+    } else {
+        ("", "")
+    };
+    format!(
+        "WITH ins AS (
+            INSERT INTO {{schema}}.jobs (id, queue, kind, payload, priority, run_at,
+                max_attempts, deadline, dedupe_key, triggered_by_event,
+                triggered_by_position{column})
+            VALUES ($1, $2, $3, $4, $5,
+                COALESCE($6, now() + make_interval(secs => COALESCE($7::float8, 0))),
+                $8, COALESCE($9, now() + make_interval(secs => $10::float8)), $11, $12, $13{value})
+            ON CONFLICT DO NOTHING
+            RETURNING id, queue)
+        SELECT id, pg_notify($14, queue)::text AS notified FROM ins"
+    )
+}
+
+/// The statement enqueueing many jobs (see [`enqueue_one`]).
+fn enqueue_many(traced: bool) -> String {
+    let (column, array, alias) = if traced {
+        (", trace", ", $15::jsonb[]", ", trace")
+    } else {
+        ("", "", "")
+    };
+    format!(
+        "WITH ins AS (
+            INSERT INTO {{schema}}.jobs (id, queue, kind, payload, priority, run_at,
+                max_attempts, deadline, dedupe_key, triggered_by_event,
+                triggered_by_position{column})
+            SELECT id, queue, kind, payload, priority,
+                COALESCE(run_at, now() + make_interval(secs => COALESCE(run_after, 0))),
+                max_attempts, COALESCE(deadline, now() + make_interval(secs => retry_for)),
+                dedupe_key, triggered_by_event, triggered_by_position{column}
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[],
+                $6::timestamptz[], $7::float8[], $8::int4[], $9::timestamptz[],
+                $10::float8[], $11::text[], $12::uuid[], $13::int8[]{array})
+                AS t(id, queue, kind, payload, priority, run_at, run_after, max_attempts,
+                     deadline, retry_for, dedupe_key, triggered_by_event,
+                     triggered_by_position{alias})
+            ON CONFLICT DO NOTHING
+            RETURNING id, queue)
+        SELECT id, pg_notify($14, queue)::text AS notified FROM ins"
+    )
+}
+
 impl Statements {
     pub(super) fn new(schema: &str) -> Self {
         let r = |s: &str| render(s, schema);
         Statements {
-            enqueue: r("WITH ins AS (
-                    INSERT INTO {schema}.jobs (id, queue, kind, payload, priority, run_at,
-                        max_attempts, deadline, dedupe_key, triggered_by_event,
-                        triggered_by_position)
-                    VALUES ($1, $2, $3, $4, $5,
-                        COALESCE($6, now() + make_interval(secs => COALESCE($7::float8, 0))),
-                        $8, COALESCE($9, now() + make_interval(secs => $10::float8)), $11, $12, $13)
-                    ON CONFLICT DO NOTHING
-                    RETURNING id, queue)
-                SELECT id, pg_notify($14, queue)::text AS notified FROM ins"),
-            enqueue_many: r("WITH ins AS (
-                    INSERT INTO {schema}.jobs (id, queue, kind, payload, priority, run_at,
-                        max_attempts, deadline, dedupe_key, triggered_by_event,
-                        triggered_by_position)
-                    SELECT id, queue, kind, payload, priority,
-                        COALESCE(run_at, now() + make_interval(secs => COALESCE(run_after, 0))),
-                        max_attempts, COALESCE(deadline, now() + make_interval(secs => retry_for)),
-                        dedupe_key, triggered_by_event, triggered_by_position
-                    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[],
-                        $6::timestamptz[], $7::float8[], $8::int4[], $9::timestamptz[],
-                        $10::float8[], $11::text[], $12::uuid[], $13::int8[])
-                        AS t(id, queue, kind, payload, priority, run_at, run_after, max_attempts,
-                             deadline, retry_for, dedupe_key, triggered_by_event,
-                             triggered_by_position)
-                    ON CONFLICT DO NOTHING
-                    RETURNING id, queue)
-                SELECT id, pg_notify($14, queue)::text AS notified FROM ins"),
+            enqueue: r(&enqueue_one(false)),
+            enqueue_traced: r(&enqueue_one(true)),
+            enqueue_many: r(&enqueue_many(false)),
+            enqueue_many_traced: r(&enqueue_many(true)),
             // One walk of `jobs_claim` per (queue, kind) pair, in claim
             // order, locking at most a batch each; the merge keeps the
             // batch's best. The ids go to the UPDATE as an array so it finds
@@ -107,7 +140,7 @@ impl Statements {
                 RETURNING j.id, j.queue, j.kind, j.payload, j.priority, j.run_at, j.attempt,
                     j.max_attempts, j.deadline, j.dedupe_key, j.triggered_by_event,
                     j.triggered_by_position, j.last_error, j.doomed, j.created_at,
-                    j.lease_token"),
+                    j.lease_token, j.trace"),
             reap: r("WITH expired AS (
                     SELECT id FROM {schema}.jobs
                     WHERE state = 'running' AND lease_until < now()

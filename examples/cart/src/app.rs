@@ -191,7 +191,7 @@ fn operations(store: &PgEventStore, config: &Config, addr: SocketAddr) -> axum::
     if let Some(kafka) = &config.kafka {
         console = console.kafka(kafka.clone());
     }
-    let routes = metrics_router(store.clone());
+    let routes = dcb_console::metrics::router(store.clone());
     match console.router(addr) {
         Ok(console) => routes.nest("/console", console).route(
             "/console/",
@@ -202,24 +202,6 @@ fn operations(store: &PgEventStore, config: &Config, addr: SocketAddr) -> axum::
             routes
         }
     }
-}
-
-/// `GET /metrics`. Stands in for `dcb_console::metrics::router(store)`,
-/// which serves every dcb metric; this placeholder gives the head only.
-fn metrics_router(store: PgEventStore) -> axum::Router {
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let store = store.clone();
-            async move {
-                let head = store.head().await.ok().flatten().map_or(0, |p| p.0);
-                format!(
-                    "# HELP dcb_head_position The last position of the log.\n\
-                     # TYPE dcb_head_position gauge\ndcb_head_position {head}\n"
-                )
-            }
-        }),
-    )
 }
 
 /// The running app.

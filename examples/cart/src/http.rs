@@ -87,7 +87,11 @@ pub fn with_operations(state: AppState, operations: Router) -> Router {
             )
         })
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(dcb_console::telemetry::http_span)
+                .on_response(dcb_console::telemetry::http_response),
+        )
 }
 
 /// An error answer.

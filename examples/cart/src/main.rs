@@ -88,12 +88,15 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
-        )
-        .init();
+    // Logs, and with the `otlp` feature and OTEL_EXPORTER_OTLP_ENDPOINT set,
+    // traces exported over OTLP.
+    let _telemetry = match dcb_console::telemetry::init("cart", "info,sqlx=warn,tower_http=info") {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("cannot set up logging: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let command = Cli::parse().command.unwrap_or_else(|| {
         let serve = DefaultServe::try_parse_from(["cart"]).unwrap_or_else(|e| e.exit());
         Command::Serve(serve.args)

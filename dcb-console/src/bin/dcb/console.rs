@@ -3,7 +3,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
-use axum::routing::get;
 use axum::Router;
 use clap::Args;
 use dcb_console::{Console, Ops};
@@ -38,7 +37,7 @@ pub async fn run(ops: &Ops, args: ConsoleArgs) -> Result<ExitCode, dcb_console::
         .router(addr)
         .map_err(|e| dcb_console::Error::Invalid(e.to_string()))?;
     let app = Router::new()
-        .merge(metrics_router(ops.store().clone()))
+        .merge(dcb_console::metrics::router(ops.store().clone()))
         .merge(router);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -55,26 +54,4 @@ pub async fn run(ops: &Ops, args: ConsoleArgs) -> Result<ExitCode, dcb_console::
         .await
         .map_err(|e| dcb_console::Error::Invalid(format!("the console's server failed: {e}")))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `GET /metrics`. Stands in for `dcb_console::metrics::router(store)`,
-/// which serves every dcb metric; this placeholder gives the head only.
-fn metrics_router(store: dcb_postgres::PgEventStore) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let store = store.clone();
-            async move {
-                let head = dcb_core::EventStore::head(&store)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map_or(0, |p| p.0);
-                format!(
-                    "# HELP dcb_head_position The last position of the log.\n\
-                     # TYPE dcb_head_position gauge\ndcb_head_position {head}\n"
-                )
-            }
-        }),
-    )
 }

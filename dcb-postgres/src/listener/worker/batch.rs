@@ -7,6 +7,7 @@ use std::panic::AssertUnwindSafe;
 
 use dcb_core::{ListenerState, Position, SequencedEvent};
 use futures::FutureExt;
+use tracing::Instrument;
 
 use super::lease::lease_ms;
 use super::Leader;
@@ -52,6 +53,30 @@ fn count(n: usize) -> i64 {
 }
 
 impl Leader<'_> {
+    /// The span of handling one event, a child of the trace the event was
+    /// appended in (OpenTelemetry messaging conventions: a `process`
+    /// operation of the `dcb` system on the store's log, named by its
+    /// notification channel; the subscription is the listener).
+    fn handle_span(&self, event: &SequencedEvent) -> tracing::Span {
+        let id = self.listener.id();
+        let span = tracing::info_span!(
+            "dcb.listener.handle",
+            "otel.name" = %format_args!("handle {id}"),
+            "otel.kind" = "consumer",
+            "messaging.system" = "dcb",
+            "messaging.operation.type" = "process",
+            "messaging.operation.name" = "handle",
+            "messaging.destination.name" = %self.runner.channel,
+            "messaging.destination.subscription.name" = id,
+            "messaging.consumer.group.name" = id,
+            "messaging.message.id" = %event.record.metadata.event_id,
+            "dcb.event_type" = event.record.event_type.as_str(),
+            "dcb.position" = event.position.0,
+        );
+        dcb_core::trace::continue_from(&span, event.record.metadata.trace.as_ref());
+        span
+    }
+
     /// Inside `tx`, locks the checkpoint row if our lease is live: its
     /// position and generation, `None` when the lease is gone.
     pub(super) async fn fence(
@@ -90,6 +115,7 @@ impl Leader<'_> {
         for (index, event) in events.iter().enumerate() {
             let result = AssertUnwindSafe(handler.handle(&mut tx, event))
                 .catch_unwind()
+                .instrument(self.handle_span(event))
                 .await;
             if let Some(failure) = failure::of(result) {
                 let _ = tx.rollback().await;
@@ -141,7 +167,10 @@ impl Leader<'_> {
                 }
                 return Ok(BatchOutcome::Lost);
             }
-            let result = AssertUnwindSafe(handler.handle(event)).catch_unwind().await;
+            let result = AssertUnwindSafe(handler.handle(event))
+                .catch_unwind()
+                .instrument(self.handle_span(event))
+                .await;
             if let Some(failure) = failure::of(result) {
                 let at = event.position.0 - 1;
                 let at = if index > 0 && at > self.position {

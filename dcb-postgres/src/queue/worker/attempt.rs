@@ -40,14 +40,25 @@ pub(super) async fn run_job(
     job: Arc<ClaimedJob>,
     cancelled: watch::Receiver<bool>,
 ) {
+    // OpenTelemetry messaging conventions: a `process` operation of the
+    // `dcb` system on the job's queue, a child of the span that enqueued it.
     let span = tracing::info_span!(
         "dcb.job",
+        "otel.name" = %format_args!("run {}", job.queue),
+        "otel.kind" = "consumer",
+        "messaging.system" = "dcb",
+        "messaging.operation.type" = "process",
+        "messaging.operation.name" = "run",
+        "messaging.destination.name" = %job.queue,
+        "messaging.message.id" = %job.id,
+        "messaging.client.id" = %shared.worker_id,
         job_id = %job.id,
         kind = %job.kind,
         queue = %job.queue,
         attempt = job.attempt,
         worker = %shared.worker_id,
     );
+    dcb_core::trace::continue_from(&span, job.trace.as_ref());
     let _forget = Forget {
         shared: &shared,
         job: &job,
