@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dcb_core::{AppendCondition, AppendResult, EventRecord, StoreError};
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Row};
 use tokio::time::Instant;
 
 use super::batch::{call_batch, Batch};
 use super::session::{Backend, Session};
 use crate::error::{backend, store_error_ref};
+use crate::failover::Failover;
 use crate::position::from_db_or_zero;
 
 /// What one request of a batch is told.
@@ -59,13 +59,15 @@ pub(crate) struct Committer {
     pub(crate) counters: Arc<Counters>,
     pub(crate) schema: String,
     pub(crate) channel: String,
-    /// How the writer's own connections are opened.
-    pub(crate) connect: PgConnectOptions,
-    /// Connections to look a batch up on after a lost reply.
+    /// Connections to look a batch up on after a lost reply; the writer's
+    /// own connections are opened with its connect options (which follow
+    /// the primary across a failover).
     pub(crate) lookup: PgPool,
     /// How long the writer may try to find out what became of a batch
     /// whose reply was lost before it says the outcome is unknown.
     pub(crate) outcome_timeout: Duration,
+    /// Follows the primary when the store has several hosts.
+    pub(crate) failover: Option<Arc<Failover>>,
 }
 
 /// How one call of the batch function ended.
@@ -140,10 +142,18 @@ impl Committer {
         loop {
             let current = match session {
                 Some(current) => current,
-                None => match Session::open(&self.connect).await {
+                None => match Session::open(&self.lookup.connect_options()).await {
+                    Ok(opened) if opened.in_recovery => {
+                        // The host taken for the primary is a standby (a
+                        // failover moved the primary): nothing was sent.
+                        opened.close().await;
+                        self.suspect();
+                        return Call::Done(parts.iter().map(|_| Err(on_a_standby())).collect());
+                    }
                     Ok(opened) => session.insert(opened),
                     Err(e) => {
                         // Nothing was sent.
+                        self.suspect();
                         let error = store_error_ref("connect for an append", &e);
                         return Call::Done(parts.iter().map(|_| Err(clone(&error))).collect());
                     }
@@ -176,9 +186,19 @@ impl Committer {
                     return Call::Done(parts.iter().map(|_| Err(clone(&error))).collect());
                 }
                 Failure::Refused => return Call::Refused(error),
+                Failure::ReadOnly => {
+                    // The server became a standby under this session: it
+                    // wrote nothing. Drop the session, find the primary.
+                    if let Some(stale) = session.take() {
+                        stale.close().await;
+                    }
+                    self.suspect();
+                    return Call::Done(parts.iter().map(|_| Err(on_a_standby())).collect());
+                }
                 Failure::Unknown => {
                     tracing::warn!(%error, "an append batch lost its reply; finding out what it did");
                     self.counters.lost_replies.fetch_add(1, Ordering::Relaxed);
+                    self.suspect();
                     // The connection may be broken: never reuse it.
                     if let Some(broken) = session.take() {
                         drop(broken);
@@ -226,7 +246,10 @@ impl Committer {
                     }
                     return outcomes;
                 }
-                Ok(Err(e)) => last_error = e.to_string(),
+                Ok(Err(e)) => {
+                    self.suspect();
+                    last_error = e.to_string();
+                }
                 Err(_) => break,
             }
             if Instant::now() + Duration::from_millis(100) >= deadline {
@@ -256,6 +279,13 @@ impl Committer {
                 })
             })
             .collect()
+    }
+
+    /// Starts a search for the primary, when the store has several hosts.
+    fn suspect(&self) {
+        if let Some(failover) = &self.failover {
+            failover.suspect();
+        }
     }
 
     async fn try_resolve(
@@ -392,6 +422,8 @@ enum Failure {
     DuplicateId,
     /// A value the database refuses (the call wrote nothing).
     Refused,
+    /// The server is a standby now (the call wrote nothing).
+    ReadOnly,
     /// The database answered with an error: the call wrote nothing.
     RolledBack,
     /// No answer, or one that may come after a commit: look it up.
@@ -407,6 +439,7 @@ fn classify(error: &sqlx::Error) -> Failure {
     let code = code.as_deref().unwrap_or("");
     match code {
         "23505" => Failure::DuplicateId,
+        "25006" => Failure::ReadOnly,
         // 08: connection exception; 57: operator intervention (a process
         // ended or cancelled while waiting for a synchronous standby has
         // committed locally).
@@ -425,6 +458,16 @@ fn database_message(error: &sqlx::Error) -> String {
             None => db.message().to_string(),
         },
         other => other.to_string(),
+    }
+}
+
+/// What the requests of a batch are told when the writer's host turned out
+/// to be a standby: nothing was appended.
+fn on_a_standby() -> StoreError {
+    StoreError::Unavailable {
+        source: "the host the store took for the primary is a standby (a failover moved the \
+                 primary); nothing was appended, and the store is looking for the new primary"
+            .into(),
     }
 }
 
@@ -451,9 +494,9 @@ mod tests {
             counters: Arc::default(),
             schema: "dcb".into(),
             channel: "dcb_commit_tests".into(),
-            connect: (*db.pool().connect_options()).clone(),
             lookup: db.pool().clone(),
             outcome_timeout: Duration::from_secs(10),
+            failover: None,
         }
     }
 
