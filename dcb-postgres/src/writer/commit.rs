@@ -336,7 +336,55 @@ impl Committer {
         for row in &rows {
             found.insert(row.try_get(0)?, row.try_get(1)?);
         }
+        if !found.is_empty() {
+            confirm_replicated(&mut conn).await?;
+        }
         Ok(parts.iter().map(|part| settle(part, &found)).collect())
+    }
+}
+
+/// Returns once the synchronous standbys the server waits for (if any)
+/// confirm everything the server has written so far.
+///
+/// A transaction waiting for its synchronous standbys whose process is
+/// ended (as a lost reply is resolved) becomes visible on the primary alone:
+/// PostgreSQL warns that it "has already committed locally, but might not
+/// have been replicated". Reported committed then, it could be lost by a
+/// failover a moment later; so it counts only once the standbys confirm it
+/// (at the level `synchronous_commit` asks: written, flushed or applied).
+/// Until then this waits, and past the outcome timeout the caller hears
+/// "outcome unknown". The confirmation is read from `pg_stat_replication`,
+/// whose positions only a superuser or a member of `pg_read_all_stats`
+/// sees.
+async fn confirm_replicated(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let (lsn, column): (String, Option<String>) = sqlx::query_as(
+        "SELECT pg_current_wal_lsn()::text, \
+             CASE WHEN current_setting('synchronous_standby_names') = '' THEN NULL \
+                  ELSE CASE current_setting('synchronous_commit') \
+                       WHEN 'remote_apply' THEN 'replay_lsn' \
+                       WHEN 'on' THEN 'flush_lsn' \
+                       WHEN 'remote_write' THEN 'write_lsn' \
+                       END \
+             END",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(column) = column else {
+        return Ok(());
+    };
+    let confirmed = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+         WHERE sync_state IN ('sync', 'quorum') AND {column} >= $1::pg_lsn)"
+    );
+    loop {
+        let done: bool = sqlx::query_scalar(&confirmed)
+            .bind(&lsn)
+            .fetch_one(&mut *conn)
+            .await?;
+        if done {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
