@@ -16,6 +16,7 @@ mod listener;
 mod ping;
 mod queue;
 mod relay;
+mod replica;
 mod report;
 mod runner;
 mod stats;
@@ -41,6 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.workload == Workload::Replica {
+        init_tracing();
+        let Some(runtime) = runtime() else {
+            return ExitCode::FAILURE;
+        };
+        return runtime.block_on(run_replica(&args));
+    }
     if args.workload == Workload::Relay && relay::brokers().is_none() {
         eprintln!("error: {}", relay::NO_BROKERS);
         return ExitCode::from(2);
@@ -52,6 +60,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_tracing();
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(run(&args, &url))
+}
+
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,10 +75,40 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
+}
+
+/// The replica workload: servers of its own, no `DATABASE_URL`.
+async fn run_replica(args: &Args) -> ExitCode {
+    let mut rows: Vec<Row> = Vec::new();
+    let outcome = tokio::select! {
+        r = replica::run(args, &mut rows) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
     };
-    runtime.block_on(run(&args, &url))
+    finish(args, &rows, outcome)
+}
+
+/// Prints the rows, writes the JSON, and turns the outcome into the exit
+/// status.
+fn finish(args: &Args, rows: &[Row], outcome: Result<(), String>) -> ExitCode {
+    if !rows.is_empty() {
+        println!("{}", report::table(rows));
+    }
+    if let Some(path) = &args.json {
+        match report::write_json(path, rows) {
+            Ok(()) => eprintln!("[dcb-bench] wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -136,25 +182,7 @@ async fn run(args: &Args, url: &str) -> ExitCode {
     for schema in &leftovers {
         eprintln!("warning: could not drop schema {schema}; drop it by hand");
     }
-    if !rows.is_empty() {
-        println!("{}", report::table(&rows));
-    }
-    if let Some(path) = &args.json {
-        match report::write_json(path, &rows) {
-            Ok(()) => eprintln!("[dcb-bench] wrote {}", path.display()),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(args, &rows, outcome)
 }
 
 async fn run_workloads(db: &db::Db, args: &Args, rows: &mut Vec<Row>) -> Result<(), String> {
@@ -168,6 +196,7 @@ async fn run_workloads(db: &db::Db, args: &Args, rows: &mut Vec<Row>) -> Result<
                 eprintln!("warning: skipping relay: {}", relay::NO_BROKERS);
             }
             Workload::Relay => relay::run(db, args, rows).await?,
+            Workload::Replica => replica::run(args, rows).await?,
             Workload::All => unreachable!("expand never yields all"),
         }
     }

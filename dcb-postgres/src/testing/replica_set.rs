@@ -36,6 +36,7 @@ pub struct ReplicaSetBuilder {
     standbys: usize,
     synchronous: Synchronous,
     fsync: bool,
+    settings: Vec<(String, String)>,
 }
 
 impl Default for ReplicaSetBuilder {
@@ -44,6 +45,7 @@ impl Default for ReplicaSetBuilder {
             standbys: 1,
             synchronous: Synchronous::Off,
             fsync: true,
+            settings: Vec::new(),
         }
     }
 }
@@ -68,6 +70,14 @@ impl ReplicaSetBuilder {
     /// written); turn it off only for speed.
     pub fn fsync(mut self, fsync: bool) -> Self {
         self.fsync = fsync;
+        self
+    }
+
+    /// Sets a server setting on every server (written to `postgresql.conf`
+    /// after the defaults of the set: 64MB of shared buffers, 200
+    /// connections), e.g. `setting("shared_buffers", "256MB")`.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
         self
     }
 
@@ -281,7 +291,7 @@ impl ReplicaSet {
             bindir,
             stopped: false,
         };
-        set.init_primary(builder.fsync);
+        set.init_primary(builder.fsync, &builder.settings);
         set.start_node(0);
         for i in 0..builder.standbys {
             let node = Node {
@@ -309,7 +319,7 @@ impl ReplicaSet {
         }
     }
 
-    fn init_primary(&self, fsync: bool) {
+    fn init_primary(&self, fsync: bool, extra: &[(String, String)]) {
         let data = self.primary.data.to_string_lossy().into_owned();
         let output = run_as_owner(
             &self.bindir.join("initdb"),
@@ -350,6 +360,10 @@ impl ReplicaSet {
             dir = self.dir.display(),
             fsync = if fsync { "on" } else { "off" },
         );
+        let mut settings = settings;
+        for (name, value) in extra {
+            settings.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
+        }
         append_config(&self.primary.data, &settings);
     }
 
