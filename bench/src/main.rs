@@ -16,7 +16,7 @@ mod listener;
 mod ping;
 mod queue;
 mod relay;
-mod replica;
+mod scaling;
 mod report;
 mod runner;
 mod stats;
@@ -42,12 +42,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.workload == Workload::Replica {
+    if args.workload == Workload::Scaling {
         init_tracing();
         let Some(runtime) = runtime() else {
             return ExitCode::FAILURE;
         };
-        return runtime.block_on(run_replica(&args));
+        return runtime.block_on(run_scaling(&args));
     }
     if args.workload == Workload::Relay && relay::brokers().is_none() {
         eprintln!("error: {}", relay::NO_BROKERS);
@@ -77,11 +77,11 @@ fn init_tracing() {
         .init();
 }
 
-/// The replica workload: servers of its own, no `DATABASE_URL`.
-async fn run_replica(args: &Args) -> ExitCode {
+/// The scaling workload: servers of its own, no `DATABASE_URL`.
+async fn run_scaling(args: &Args) -> ExitCode {
     let mut rows: Vec<Row> = Vec::new();
     let outcome = tokio::select! {
-        r = replica::run(args, &mut rows) => r,
+        r = scaling::run(args, &mut rows) => r,
         _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
     };
     finish(args, &rows, outcome)
@@ -196,7 +196,7 @@ async fn run_workloads(db: &db::Db, args: &Args, rows: &mut Vec<Row>) -> Result<
                 eprintln!("warning: skipping relay: {}", relay::NO_BROKERS);
             }
             Workload::Relay => relay::run(db, args, rows).await?,
-            Workload::Replica => replica::run(args, rows).await?,
+            Workload::Scaling => scaling::run(args, rows).await?,
             Workload::All => unreachable!("expand never yields all"),
         }
     }

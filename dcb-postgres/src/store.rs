@@ -263,16 +263,18 @@ impl PgEventStoreBuilder {
         let mut hosts = vec![(*pool.connect_options()).clone()];
         hosts.extend(standby_hosts.iter().cloned());
         hosts.extend(failover_hosts);
+        // The primary's NOTIFYs tell standby reads which head to expect:
+        // connections of its own (the LISTEN one, and one to read the head
+        // after a reconnect), on the store's thread.
+        let head_pool = (!standby_hosts.is_empty()).then(|| io.pool_like(&pool, 2));
         let failover = (hosts.len() > 1).then(|| {
-            let failover = Arc::new(Failover::new(
-                hosts,
-                vec![pool.clone(), io_pool.clone()],
-                self.failover_check,
-            ));
+            let mut pools = vec![pool.clone(), io_pool.clone()];
+            pools.extend(head_pool.clone());
+            let failover = Arc::new(Failover::new(hosts, pools, self.failover_check));
             io.handle().spawn(failover.clone().run());
             failover
         });
-        let standbys = (!standby_hosts.is_empty()).then(|| {
+        let standbys = head_pool.map(|head_pool| {
             let options = self.standby_pool_options.clone().unwrap_or_else(|| {
                 PgPoolOptions::new()
                     .max_connections(8)
@@ -289,7 +291,7 @@ impl PgEventStoreBuilder {
             let standbys = Arc::new(Standbys::new(list, self.standby_catch_up_wait));
             io.handle().spawn(standby::follow_head(
                 standbys.clone(),
-                pool.clone(),
+                head_pool,
                 self.schema.clone(),
                 notify_channel(&self.schema),
             ));

@@ -1,8 +1,9 @@
-//! The `replica` workload: a primary and a streaming standby of its own
-//! (started from the installed PostgreSQL binaries), to measure what reading
-//! the log on a standby buys: listener catch-up from the standby against
-//! the primary, and decision throughput on the primary while four tailing
-//! listeners read from the standby, from the primary, or nobody reads.
+//! The `scaling` workload: a primary and a streaming standby of its own
+//! (started from the installed PostgreSQL binaries), to measure what the
+//! steps beyond one store buy: listener catch-up from the standby against
+//! the primary; decision throughput on the primary while four tailing
+//! listeners read from the standby, from the primary, or nobody reads; and
+//! the same callers split over two stores on the same server.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::report::Row;
 use crate::runner::WARMUP;
 use crate::stats::Measured;
 
-const WORKLOAD: &str = "replica";
+const WORKLOAD: &str = "scaling";
 /// Callers of the decision rows.
 pub const CALLERS: usize = 32;
 /// Tailing listeners of the decision rows.
@@ -108,7 +109,7 @@ async fn wait_all(runner: &RunnerHandle, ids: &[String], head: u64) -> Result<()
 /// # Errors
 /// The first failure.
 pub async fn run(args: &Args, rows: &mut Vec<Row>) -> Result<(), String> {
-    say("replica: starting a primary and an asynchronous standby...");
+    say("scaling: starting a primary and an asynchronous standby...");
     let set = ReplicaSet::builder()
         .setting("shared_buffers", "256MB")
         .setting("max_connections", "400")
@@ -127,11 +128,19 @@ pub async fn run(args: &Args, rows: &mut Vec<Row>) -> Result<(), String> {
             close(store).await;
             result?;
         } else {
-            say("replica: --preload 0, skipping the catch-up rows");
+            say("scaling: --preload 0, skipping the catch-up rows");
         }
         let store = open(&set, "decisions").await?;
-        let result = decisions(&store, Duration::from_secs_f64(args.seconds), rows).await;
+        let other = match open(&set, "decisions_b").await {
+            Ok(other) => other,
+            Err(e) => {
+                close(store).await;
+                return Err(e);
+            }
+        };
+        let result = decisions(&store, &other, Duration::from_secs_f64(args.seconds), rows).await;
         close(store).await;
+        close(other).await;
         result
     }
     .await;
@@ -171,7 +180,7 @@ async fn catch_up(
     events: u64,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
-    say(&format!("replica: loading {events} events..."));
+    say(&format!("scaling: loading {events} events..."));
     let started = Instant::now();
     preload(store, events).await?;
     for statement in [
@@ -238,24 +247,33 @@ async fn catch_up(
 }
 
 /// Disjoint decisions at [`CALLERS`] callers on the primary with nobody
-/// reading, with [`LISTENERS`] tailing listeners reading the primary, and
-/// with them reading the standby; half windows in the order N P S S P N.
+/// reading, with [`LISTENERS`] tailing listeners reading the primary, with
+/// them reading the standby, and (nobody reading) with the callers split
+/// half and half over `store` and `other`, two stores on the same server;
+/// half windows in the order N P S X X S P N.
 async fn decisions(
     store: &PgEventStore,
+    other: &PgEventStore,
     window: Duration,
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
     say(&format!(
-        "replica: {CALLERS} callers deciding, with no listener, {LISTENERS} listeners on the \
-         primary, {LISTENERS} on the standby"
+        "scaling: {CALLERS} callers deciding, with no listener, {LISTENERS} listeners on the \
+         primary, {LISTENERS} on the standby; and split over two stores"
     ));
     let maker = Arc::new(DecisionMaker::new(store.clone()));
+    let other_maker = Arc::new(DecisionMaker::new(other.clone()));
     let half = window / 2;
-    let order = [None, Some(Source::Primary), Some(Source::Standby)];
-    let mut measured: Vec<Measured> = vec![Measured::default(); 3];
-    for (round, index) in [0usize, 1, 2, 2, 1, 0].into_iter().enumerate() {
-        let source = order[index];
-        let runner = match source {
+    let names = [
+        "decisions_no_listener",
+        "decisions_4_listeners_primary",
+        "decisions_4_listeners_standby",
+        "decisions_split_2_stores",
+    ];
+    let sources = [None, Some(Source::Primary), Some(Source::Standby), None];
+    let mut measured: Vec<Measured> = vec![Measured::default(); names.len()];
+    for (round, index) in [0usize, 1, 2, 3, 3, 2, 1, 0].into_iter().enumerate() {
+        let runner = match sources[index] {
             None => None,
             Some(source) => {
                 let ids: Vec<String> = (0..LISTENERS)
@@ -273,7 +291,19 @@ async fn decisions(
                 Some((runner, ids))
             }
         };
-        let result = disjoint(&maker, CALLERS, WARMUP, half).await;
+        let result = if names[index] == "decisions_split_2_stores" {
+            let (a, b) = tokio::join!(
+                disjoint(&maker, CALLERS / 2, WARMUP, half),
+                disjoint(&other_maker, CALLERS - CALLERS / 2, WARMUP, half)
+            );
+            a.and_then(|mut a| {
+                a.merge(b?);
+                a.finish();
+                Ok(a)
+            })
+        } else {
+            disjoint(&maker, CALLERS, WARMUP, half).await
+        };
         if let Some((runner, ids)) = runner {
             let head = store
                 .head()
@@ -286,11 +316,6 @@ async fn decisions(
         }
         measured[index].extend(result?);
     }
-    let names = [
-        "decisions_no_listener",
-        "decisions_4_listeners_primary",
-        "decisions_4_listeners_standby",
-    ];
     let baseline = measured[0].ops_per_s();
     for (name, m) in names.iter().zip(&measured) {
         let mut row = decision_row(name, m);
