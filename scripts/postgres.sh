@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Starts (or reuses) a private PostgreSQL for dcb's tests and the cart example.
 #
-#   scripts/postgres.sh start   # installs PostgreSQL if missing, starts it, prints DATABASE_URL
+#   scripts/postgres.sh start     # installs PostgreSQL if missing, starts it, prints DATABASE_URL
 #   scripts/postgres.sh stop
 #   scripts/postgres.sh url
+#   scripts/postgres.sh binaries  # installs PostgreSQL if missing, prints its bin directory
+#                                 # (the standby and failover tests start servers from it)
 #
 # Data lives in .dcb/postgres under the repository (kept across runs). The
 # server listens on 127.0.0.1:${DCB_PG_PORT:-54329} with trust auth for local
@@ -108,9 +110,22 @@ stop() {
   fi
 }
 
+binaries() {
+  local bindir
+  bindir="$(find_bindir)" || { install_postgres; bindir="$(find_bindir)"; }
+  [ -x "$bindir/pg_basebackup" ] || { log "no pg_basebackup in $bindir"; exit 1; }
+  if [ "$(id -u)" = 0 ]; then
+    # As root the test servers run as the postgres user, through runuser.
+    id postgres >/dev/null 2>&1 || { log "no postgres user; install the postgresql package"; exit 1; }
+    command -v runuser >/dev/null 2>&1 || { log "runuser is missing (util-linux)"; exit 1; }
+  fi
+  echo "$bindir"
+}
+
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
   url) echo "$URL" ;;
-  *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
+  binaries) binaries ;;
+  *) echo "usage: $0 start|stop|url|binaries" >&2; exit 2 ;;
 esac

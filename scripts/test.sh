@@ -4,7 +4,10 @@
 #   scripts/test.sh
 #
 # On a fresh machine it installs PostgreSQL (Debian's package) when missing and
-# starts a private server (see scripts/postgres.sh), and installs and starts
+# starts a private server (see scripts/postgres.sh); the standby and failover
+# tests start primaries and standbys of their own from the same package's
+# binaries (initdb, pg_ctl, pg_basebackup), on free ports of 127.0.0.1, and
+# remove them when done. It installs and starts
 # tansu, a Kafka-protocol broker, for the Kafka end-to-end tests (see
 # scripts/tansu.sh; its first build takes 15-20 minutes), and installs Chromium
 # and chromedriver (Debian's packages) for the console's browser test. Set
@@ -22,6 +25,13 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL
 fi
 echo "DATABASE_URL=$DATABASE_URL"
+
+step "PostgreSQL server binaries (for the replica tests)"
+PG_BINDIR="$(scripts/postgres.sh binaries)"
+# The tests look for them with pg_config --bindir, then under
+# /usr/lib/postgresql, then on PATH.
+export PATH="$PG_BINDIR:$PATH"
+echo "$PG_BINDIR"
 
 if [ -z "${KAFKA_BROKERS:-}" ]; then
   step "starting tansu (Kafka-protocol broker)"

@@ -235,7 +235,7 @@ where
 
 /// (a) Each caller adds [`MAX_ITEMS`] items to a cart of its own, then moves
 /// to a fresh cart: decisions never share a boundary.
-async fn disjoint(
+pub(crate) async fn disjoint(
     maker: &Arc<DecisionMaker<PgEventStore>>,
     concurrency: usize,
     warmup: Duration,

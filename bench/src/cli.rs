@@ -14,13 +14,15 @@ pub enum Workload {
     Queue,
     /// The Kafka relay (needs `KAFKA_BROKERS`).
     Relay,
+    /// Standby reads and split stores: a primary and a standby of its own.
+    Scaling,
     /// Every workload, one after the other (relay only with `KAFKA_BROKERS`).
     All,
 }
 
 impl Workload {
     /// Every workload name the CLI accepts, in the order `--help` lists them.
-    pub const NAMES: [&'static str; 5] = ["append", "listener", "queue", "relay", "all"];
+    pub const NAMES: [&'static str; 6] = ["append", "listener", "queue", "relay", "scaling", "all"];
 
     fn parse(name: &str) -> Option<Workload> {
         Some(match name {
@@ -28,6 +30,7 @@ impl Workload {
             "listener" => Workload::Listener,
             "queue" => Workload::Queue,
             "relay" => Workload::Relay,
+            "scaling" => Workload::Scaling,
             "all" => Workload::All,
             _ => return None,
         })
@@ -40,6 +43,7 @@ impl Workload {
             Workload::Listener => "listener",
             Workload::Queue => "queue",
             Workload::Relay => "relay",
+            Workload::Scaling => "scaling",
             Workload::All => "all",
         }
     }
@@ -94,7 +98,9 @@ pub fn usage() -> String {
          \n\
          The database comes from DATABASE_URL (PostgreSQL 15+). Every run works in fresh\n\
          schemas named bench_<random>... and drops them when it ends. The relay workload\n\
-         needs KAFKA_BROKERS (`all` skips it without).",
+         needs KAFKA_BROKERS (`all` skips it without). The scaling workload starts a primary\n\
+         and a standby of its own from the installed PostgreSQL binaries (no DATABASE_URL;\n\
+         `all` does not run it).",
         Workload::NAMES.join(", "),
         DEFAULT_SECONDS,
         DEFAULT_PRELOAD

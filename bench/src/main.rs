@@ -18,6 +18,7 @@ mod queue;
 mod relay;
 mod report;
 mod runner;
+mod scaling;
 mod stats;
 
 use std::process::ExitCode;
@@ -41,6 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.workload == Workload::Scaling {
+        let _observed = observe();
+        let Some(runtime) = runtime() else {
+            return ExitCode::FAILURE;
+        };
+        return runtime.block_on(run_scaling(&args));
+    }
     if args.workload == Workload::Relay && relay::brokers().is_none() {
         eprintln!("error: {}", relay::NO_BROKERS);
         return ExitCode::from(2);
@@ -57,6 +65,40 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     runtime.block_on(run(&args, &url))
+}
+
+/// The scaling workload: servers of its own, no `DATABASE_URL`.
+async fn run_scaling(args: &Args) -> ExitCode {
+    let mut rows: Vec<Row> = Vec::new();
+    let outcome = tokio::select! {
+        r = scaling::run(args, &mut rows) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    finish(args, &rows, outcome)
+}
+
+/// Prints the rows, writes the JSON, and turns the outcome into the exit
+/// status.
+fn finish(args: &Args, rows: &[Row], outcome: Result<(), String>) -> ExitCode {
+    if !rows.is_empty() {
+        println!("{}", report::table(rows));
+    }
+    if let Some(path) = &args.json {
+        match report::write_json(path, rows) {
+            Ok(()) => eprintln!("[dcb-bench] wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logs to stderr; with `DCB_BENCH_OBSERVE` naming `metrics` and/or
@@ -168,25 +210,7 @@ async fn run(args: &Args, url: &str) -> ExitCode {
     for schema in &leftovers {
         eprintln!("warning: could not drop schema {schema}; drop it by hand");
     }
-    if !rows.is_empty() {
-        println!("{}", report::table(&rows));
-    }
-    if let Some(path) = &args.json {
-        match report::write_json(path, &rows) {
-            Ok(()) => eprintln!("[dcb-bench] wrote {}", path.display()),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(args, &rows, outcome)
 }
 
 async fn run_workloads(db: &db::Db, args: &Args, rows: &mut Vec<Row>) -> Result<(), String> {
@@ -200,6 +224,7 @@ async fn run_workloads(db: &db::Db, args: &Args, rows: &mut Vec<Row>) -> Result<
                 eprintln!("warning: skipping relay: {}", relay::NO_BROKERS);
             }
             Workload::Relay => relay::run(db, args, rows).await?,
+            Workload::Scaling => scaling::run(args, rows).await?,
             Workload::All => unreachable!("expand never yields all"),
         }
     }

@@ -187,6 +187,11 @@ impl RelayConfig {
 ///   The checkpoint is written every [`RelayConfig::checkpoint_every`]
 ///   acknowledgements or [`RelayConfig::checkpoint_interval`], whichever
 ///   comes first.
+/// - **Standbys**: when the store has standbys
+///   ([`PgEventStoreBuilder::standby`](dcb_postgres::PgEventStoreBuilder::standby)),
+///   the relay reads the log there ([`PgEventStore::standby_reader`]); its
+///   lease and checkpoint stay on the primary. A standby shows a gapless
+///   prefix of the log, so nothing is skipped; it may only be a little late.
 /// - **Failures**: a message the broker refuses, or that is not
 ///   acknowledged within [`RelayConfig::send_timeout`], stops the pipeline:
 ///   the producer's queue is purged, the producer replaced, and publishing
@@ -346,7 +351,7 @@ impl EventRelay {
             read_query,
             cloud_events: self.cloud_events,
             config: self.config,
-            store: store.clone(),
+            log: store.standby_reader(),
             table,
             producer,
             acked,

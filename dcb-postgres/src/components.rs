@@ -21,14 +21,21 @@ use crate::PgEventStore;
 impl PgEventStore {
     /// A listener runner over this store: add listeners, then
     /// [`start`](ListenerRunner::start). Checkpoints live in the store's
-    /// schema; the runner wakes on the store's `NOTIFY`.
+    /// schema (on the primary); the runner wakes on the store's `NOTIFY`.
+    /// When the store has standbys the listeners read their events there
+    /// ([`ListenerRunner::read_from_primary`] keeps them on the primary).
     pub fn listeners(&self) -> ListenerRunner {
-        ListenerRunner::from_parts(
+        let runner = ListenerRunner::from_parts(
             std::sync::Arc::new(self.clone()),
             self.pool().clone(),
             self.schema(),
             self.notify_channel(),
-        )
+        );
+        if self.has_standbys() {
+            runner.read_from_standbys(self.standby_reader())
+        } else {
+            runner
+        }
     }
 
     /// The operators' view of this store's listeners (status, parked

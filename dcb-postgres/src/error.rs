@@ -12,7 +12,7 @@ use dcb_core::StoreError;
 ///
 /// The SQLSTATE decides: connection exceptions (class `08`), a server
 /// shutting down or starting (`57P01`-`57P03`), too many connections
-/// (`53300`), and I/O, TLS and pool timeouts mean the database was
+/// (`53300`), a write sent to a standby (`25006`: the primary moved), and I/O, TLS and pool timeouts mean the database was
 /// unavailable; serialization failures (`40001`) and deadlocks (`40P01`)
 /// are worth retrying too. Anything else (a constraint, a data exception, a
 /// syntax error) fails the same way again.
@@ -100,12 +100,14 @@ pub(crate) fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P01..57P03: admin/crash shutdown,
-            // cannot connect now; 53300: too many connections.
+            // cannot connect now; 53300: too many connections; 25006: a
+            // write reached a standby (the primary moved: a failover).
             code.starts_with("08")
                 || code == "57P01"
                 || code == "57P02"
                 || code == "57P03"
                 || code == "53300"
+                || code == "25006"
         }),
         _ => false,
     }

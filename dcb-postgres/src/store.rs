@@ -7,21 +7,21 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::{
-    AppendCondition, AppendResult, Direction, EventRecord, EventStore, Position, Query,
-    ReadOptions, ReadResult, StoreError,
+    AppendCondition, AppendResult, EventRecord, EventStore, Position, Query, ReadOptions,
+    ReadResult, StoreError,
 };
-use futures::stream::{StreamExt, TryStreamExt};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::error::store_error;
+use crate::failover::{self, Failover};
 use crate::io_thread::IoThread;
+use crate::log_read::{self, Source};
 use crate::migrations;
-use crate::position::{from_db, opt_to_db, to_db};
 use crate::reader::{self, ReadRequest, ReaderConfig};
-use crate::sql;
+use crate::standby::{self, Standby, StandbyReader, Standbys};
 use crate::writer::commit::Committer;
 use crate::writer::{self, Message, Request};
 
@@ -35,6 +35,12 @@ pub const READ_PAGE_SIZE: usize = 1000;
 /// How long the writer tries to find out whether an append whose reply was
 /// lost committed, unless told otherwise.
 pub const DEFAULT_OUTCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a standby read waits for the standby to show the head the
+/// primary announced, unless told otherwise.
+pub const DEFAULT_STANDBY_CATCH_UP_WAIT: Duration = Duration::from_millis(100);
+/// How often a store with several hosts asks its primary whether it still
+/// is one, unless told otherwise.
+pub const DEFAULT_FAILOVER_CHECK: Duration = Duration::from_secs(1);
 
 /// The event store on PostgreSQL.
 ///
@@ -53,6 +59,10 @@ struct Inner {
     shut: AtomicBool,
     counters: Arc<crate::writer::commit::Counters>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The standbys reads of followers go to, if any.
+    standbys: Option<Arc<Standbys>>,
+    /// Follows the primary across hosts, when there are several.
+    failover: Option<Arc<Failover>>,
     /// Runs the writer and the reader; dropped last.
     _io: IoThread,
 }
@@ -84,6 +94,11 @@ pub struct PgEventStoreBuilder {
     migrate_on_start: bool,
     pool_options: Option<PgPoolOptions>,
     outcome_timeout: Duration,
+    standbys: Vec<String>,
+    failover_hosts: Vec<String>,
+    standby_pool_options: Option<PgPoolOptions>,
+    standby_catch_up_wait: Duration,
+    failover_check: Duration,
 }
 
 impl Default for PgEventStoreBuilder {
@@ -94,6 +109,11 @@ impl Default for PgEventStoreBuilder {
             migrate_on_start: true,
             pool_options: None,
             outcome_timeout: DEFAULT_OUTCOME_TIMEOUT,
+            standbys: Vec::new(),
+            failover_hosts: Vec::new(),
+            standby_pool_options: None,
+            standby_catch_up_wait: DEFAULT_STANDBY_CATCH_UP_WAIT,
+            failover_check: DEFAULT_FAILOVER_CHECK,
         }
     }
 }
@@ -144,6 +164,56 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Adds a streaming standby of the primary (a URL of the same database
+    /// on another server; call once per standby). Listeners, relays and
+    /// [`PgEventStore::standby_reader`] read the log there; appends and
+    /// decision reads stay on the primary. A standby is also a host the
+    /// primary may move to (see [`failover_host`](Self::failover_host)).
+    pub fn standby(mut self, url: impl Into<String>) -> Self {
+        self.standbys.push(url.into());
+        self
+    }
+
+    /// Adds a host that may become the primary after a failover without
+    /// serving reads (e.g. a synchronous standby kept for failover only).
+    ///
+    /// A store with several hosts (the one it connects to, its standbys and
+    /// these) follows the primary: when the writer cannot reach it, a
+    /// connection lands on a standby, or the store's monitor connection
+    /// (see [`failover_check`](Self::failover_check)) fails, it asks every
+    /// host `pg_is_in_recovery()` and moves its pools (the one it was given
+    /// included) to the host that answers `false`. Each URL carries all its
+    /// connect options. The store never promotes anyone, and the old
+    /// primary must be stopped before a standby is promoted.
+    pub fn failover_host(mut self, url: impl Into<String>) -> Self {
+        self.failover_hosts.push(url.into());
+        self
+    }
+
+    /// Options for each standby's pool (default: 8 connections, 2 s acquire
+    /// timeout, no ping before handing out a connection). The pools connect
+    /// lazily, so a standby that is down does not stop the store starting.
+    pub fn standby_pool_options(mut self, options: PgPoolOptions) -> Self {
+        self.standby_pool_options = Some(options);
+        self
+    }
+
+    /// How long a standby read waits for the standby to show the newest
+    /// head the primary announced (default 100 ms; zero: never waits). A
+    /// follower woken by the primary's `NOTIFY` then finds the events that
+    /// woke it unless the standby is further behind than this.
+    pub fn standby_catch_up_wait(mut self, wait: Duration) -> Self {
+        self.standby_catch_up_wait = wait;
+        self
+    }
+
+    /// How often a store with several hosts asks its primary, on a
+    /// connection of its own, whether it still is one (default 1 s).
+    pub fn failover_check(mut self, every: Duration) -> Self {
+        self.failover_check = every.max(Duration::from_millis(50));
+        self
+    }
+
     /// Opens a pool on `url` and starts the store.
     ///
     /// # Errors
@@ -179,6 +249,8 @@ impl PgEventStoreBuilder {
     pub async fn build(self, pool: PgPool) -> Result<PgEventStore, StoreError> {
         migrations::validate_schema(&self.schema)
             .map_err(|e| StoreError::InvalidRequest(e.to_string()))?;
+        let standby_hosts = parse_urls("standby", &self.standbys)?;
+        let failover_hosts = parse_urls("failover host", &self.failover_hosts)?;
         if self.migrate_on_start {
             migrations::migrate_store(&pool, &self.schema)
                 .await
@@ -189,13 +261,50 @@ impl PgEventStoreBuilder {
         let io_pool = io.pool_like(&pool, reader::STATEMENTS_IN_FLIGHT as u32 + 1);
         let (sender, receiver) = mpsc::channel(self.max_batch_size.saturating_mul(16).max(1024));
         let counters = Arc::new(crate::writer::commit::Counters::default());
+        let mut hosts = vec![(*pool.connect_options()).clone()];
+        hosts.extend(standby_hosts.iter().cloned());
+        hosts.extend(failover_hosts);
+        // The primary's NOTIFYs tell standby reads which head to expect:
+        // connections of its own (the LISTEN one, and one to read the head
+        // after a reconnect), on the store's thread.
+        let head_pool = (!standby_hosts.is_empty()).then(|| io.pool_like(&pool, 2));
+        let failover = (hosts.len() > 1).then(|| {
+            let mut pools = vec![pool.clone(), io_pool.clone()];
+            pools.extend(head_pool.clone());
+            let failover = Arc::new(Failover::new(hosts, pools, self.failover_check));
+            io.handle().spawn(failover.clone().run());
+            failover
+        });
+        let standbys = head_pool.map(|head_pool| {
+            let options = self.standby_pool_options.clone().unwrap_or_else(|| {
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .test_before_acquire(false)
+            });
+            let list = standby_hosts
+                .into_iter()
+                .map(|host| {
+                    let label = failover::label(&host);
+                    Standby::new(label, options.clone().connect_lazy_with(host))
+                })
+                .collect();
+            let standbys = Arc::new(Standbys::new(list, self.standby_catch_up_wait));
+            io.handle().spawn(standby::follow_head(
+                standbys.clone(),
+                head_pool,
+                self.schema.clone(),
+                notify_channel(&self.schema),
+            ));
+            standbys
+        });
         let committer = Committer {
             counters: counters.clone(),
             schema: self.schema.clone(),
             channel: notify_channel(&self.schema),
-            connect: (*pool.connect_options()).clone(),
             lookup: io_pool.clone(),
             outcome_timeout: self.outcome_timeout,
+            failover: failover.clone(),
         };
         let handle = io
             .handle()
@@ -217,6 +326,8 @@ impl PgEventStoreBuilder {
                 shut: AtomicBool::new(false),
                 counters,
                 writer: Mutex::new(Some(handle)),
+                standbys,
+                failover,
                 _io: io,
             }),
         })
@@ -225,6 +336,16 @@ impl PgEventStoreBuilder {
 
 fn notify_channel(schema: &str) -> String {
     format!("{schema}_events")
+}
+
+fn parse_urls(what: &str, urls: &[String]) -> Result<Vec<PgConnectOptions>, StoreError> {
+    urls.iter()
+        .map(|url| {
+            url.parse::<PgConnectOptions>().map_err(|e| {
+                StoreError::InvalidRequest(format!("the {what} URL cannot be used: {e}"))
+            })
+        })
+        .collect()
 }
 
 impl PgEventStore {
@@ -294,65 +415,41 @@ impl PgEventStore {
         }
     }
 
-    /// The first page of a read as its own statement: the raw head and up
-    /// to `page` events between `min` and `max`.
-    async fn first_page(
-        &self,
-        query: &Query,
-        forwards: bool,
-        min: i64,
-        max: i64,
-        page: usize,
-    ) -> Result<(i64, Vec<dcb_core::SequencedEvent>), StoreError> {
-        let Some(first_sql) = sql::read_page(&self.inner.schema, query, forwards, true) else {
-            return Ok((opt_to_db(self.read_head().await?), Vec::new()));
-        };
-        let mut binds = first_sql.binds.clone();
-        binds[0] = sql::Bind::I64(min);
-        binds[1] = sql::Bind::I64(max);
-        binds[2] = sql::Bind::I64(page as i64);
-        let rows = sql::bind_all(sqlx::query(&first_sql.text), &binds)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| store_error("read events", e))?;
-        let head_raw: Option<i64> = match rows.first() {
-            Some(row) => row.try_get(0).map_err(|e| store_error("read events", e))?,
-            None => None,
-        };
-        let Some(head_raw) = head_raw else {
-            return Err(crate::error::backend(
-                "read events",
-                format!(
-                    "{}.head has no row: is the schema migrated?",
-                    self.inner.schema
-                ),
-            ));
-        };
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(event) = crate::row::to_event(row, 1)? {
-                events.push(event);
+    /// A reader of this store's log on its standbys (on the primary when
+    /// it has none): for listeners, relays, read models and reports, never
+    /// for decisions. See [`StandbyReader`].
+    pub fn standby_reader(&self) -> StandbyReader {
+        StandbyReader::new(self.clone(), self.inner.standbys.clone())
+    }
+
+    /// Whether the store was given standbys to read from.
+    pub fn has_standbys(&self) -> bool {
+        self.inner.standbys.is_some()
+    }
+
+    /// The `host:port` the store takes for the primary now, when it was
+    /// given several hosts (it follows a failover); `None` with one host.
+    pub fn primary_host(&self) -> Option<String> {
+        self.inner.failover.as_ref().map(|f| f.current())
+    }
+
+    /// An error that a moved primary would explain starts a search for it.
+    fn check(&self, error: StoreError) -> StoreError {
+        if error.is_unavailable() {
+            if let Some(failover) = &self.inner.failover {
+                failover.suspect();
             }
         }
-        Ok((head_raw, events))
+        error
     }
 
-    async fn read_head(&self) -> Result<Option<Position>, StoreError> {
-        let head: i64 =
-            sqlx::query_scalar(&format!("SELECT position FROM {}.head", self.inner.schema))
-                .fetch_one(&self.inner.pool)
-                .await
-                .map_err(|e| store_error("read the head", e))?;
-        Ok(from_db(head))
+    fn source(&self) -> Source<'_> {
+        Source {
+            pool: &self.inner.pool,
+            schema: &self.inner.schema,
+            batched: Some(&self.inner.reads),
+        }
     }
-}
-
-/// Where the next page of a read starts.
-struct Cursor {
-    min: i64,
-    max: i64,
-    remaining: usize,
-    done: bool,
 }
 
 #[async_trait]
@@ -365,117 +462,10 @@ impl EventStore for PgEventStore {
             direction = ?options.direction,
             limit = ?options.limit,
         );
-        async move {
-            // Refused here, a value the database cannot take never reaches a
-            // statement shared with other reads.
-            dcb_core::limits::check_query(query)?;
-            let limit = options.limit.unwrap_or(usize::MAX);
-            let forwards = options.direction == Direction::Forwards;
-            let schema = &self.inner.schema;
-            if query.is_none() || limit == 0 {
-                return Ok(ReadResult::from_vec(self.read_head().await?, Vec::new()));
-            }
-            // The first page reads the head in the same statement (one
-            // snapshot) and stops at it. Everything at or below the head is
-            // committed (head and rows commit together, in head order), so
-            // later pages, bounded by the same head, complete the read.
-            let page = limit.min(READ_PAGE_SIZE);
-            let (min, max) = if forwards {
-                (options.start.map_or(1, to_db).max(1), i64::MAX)
-            } else {
-                (1, options.start.map_or(i64::MAX, to_db))
-            };
-            // A decision's read (tagged, forwards) waits for the reader's
-            // next statement, shared with the reads of its neighbours.
-            let batched = if forwards {
-                ReadRequest::new(query, min, page)
-            } else {
-                None
-            };
-            let (head_raw, first) = match batched {
-                Some((request, answer)) => {
-                    let gone = || {
-                        crate::error::backend(
-                            "read events",
-                            "the store's reader task stopped (see the logs for a panic); \
-                             open the store again",
-                        )
-                    };
-                    self.inner.reads.send(request).await.map_err(|_| gone())?;
-                    let page = answer.await.map_err(|_| gone())??;
-                    (page.head, page.events)
-                }
-                None => self.first_page(query, forwards, min, max, page).await?,
-            };
-            let head = from_db(head_raw);
-            let mut cursor = Cursor {
-                min,
-                max: max.min(head_raw),
-                remaining: limit - first.len(),
-                done: first.len() < page,
-            };
-            if let Some(last) = first.last() {
-                if forwards {
-                    cursor.min = to_db(last.position) + 1;
-                } else {
-                    cursor.max = to_db(last.position) - 1;
-                }
-            }
-            // Most reads (a decision's state) fit in the first page: the
-            // statement of the later pages is only built when one is due.
-            let page_sql = if cursor.done || cursor.remaining == 0 {
-                None
-            } else {
-                sql::read_page(schema, query, forwards, false)
-            };
-            let Some(page_sql) = page_sql else {
-                return Ok(ReadResult {
-                    head,
-                    events: futures::stream::iter(first.into_iter().map(Ok)).boxed(),
-                });
-            };
-            let pool = self.inner.pool.clone();
-            let page_sql = Arc::new(page_sql);
-            let rest = futures::stream::try_unfold(cursor, move |mut cursor| {
-                let pool = pool.clone();
-                let page_sql = page_sql.clone();
-                async move {
-                    if cursor.done || cursor.remaining == 0 || cursor.min > cursor.max {
-                        return Ok::<_, StoreError>(None);
-                    }
-                    let page = cursor.remaining.min(READ_PAGE_SIZE);
-                    let mut binds = page_sql.binds.clone();
-                    binds[0] = sql::Bind::I64(cursor.min);
-                    binds[1] = sql::Bind::I64(cursor.max);
-                    binds[2] = sql::Bind::I64(page as i64);
-                    let rows = sql::bind_all(sqlx::query(&page_sql.text), &binds)
-                        .fetch_all(&pool)
-                        .await
-                        .map_err(|e| store_error("read events", e))?;
-                    let mut events = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        if let Some(event) = crate::row::to_event(row, 0)? {
-                            events.push(event);
-                        }
-                    }
-                    cursor.remaining -= events.len();
-                    cursor.done = events.len() < page;
-                    match events.last() {
-                        Some(last) if forwards => cursor.min = to_db(last.position) + 1,
-                        Some(last) => cursor.max = to_db(last.position) - 1,
-                        None => cursor.done = true,
-                    }
-                    Ok(Some((events, cursor)))
-                }
-            })
-            .map_ok(|page| futures::stream::iter(page.into_iter().map(Ok)));
-            let events = futures::stream::iter(first.into_iter().map(Ok))
-                .chain(rest.try_flatten())
-                .boxed();
-            Ok(ReadResult { head, events })
-        }
-        .instrument(span)
-        .await
+        log_read::read(self.source(), query, options)
+            .instrument(span)
+            .await
+            .map_err(|e| self.check(e))
     }
 
     async fn append(
@@ -551,6 +541,8 @@ impl EventStore for PgEventStore {
     }
 
     async fn head(&self) -> Result<Option<Position>, StoreError> {
-        self.read_head().await
+        log_read::head(&self.inner.pool, &self.inner.schema)
+            .await
+            .map_err(|e| self.check(e))
     }
 }

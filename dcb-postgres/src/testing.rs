@@ -13,6 +13,14 @@
 //! The server comes from `DATABASE_URL` (a superuser URL on any database,
 //! e.g. `postgres://postgres@127.0.0.1:54329/postgres`); `scripts/postgres.sh
 //! start` runs a suitable server and prints that URL.
+//!
+//! Tests of standbys and failover start servers of their own instead: a
+//! [`ReplicaSet`] is a private primary with streaming standbys, made from the
+//! installed PostgreSQL binaries.
+
+mod replica_set;
+
+pub use replica_set::{ReplicaSet, ReplicaSetBuilder, Synchronous};
 
 use std::time::Duration;
 

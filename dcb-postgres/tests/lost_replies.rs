@@ -222,3 +222,101 @@ async fn cut_connections_resolve_every_reply() {
     direct.shutdown().await;
     db.cleanup().await;
 }
+
+/// With a synchronous standby, an append whose reply is lost while its
+/// commit waits for the standby is not reported committed on the primary's
+/// word alone: ending its process releases the wait and makes the events
+/// visible on the primary, but until the standby confirms them a failover
+/// could still lose them. The caller hears "outcome unknown"; once the
+/// standby has them, a retry with the same ids finds them stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_released_from_its_synchronous_wait_is_not_acknowledged() {
+    use dcb_postgres::testing::{ReplicaSet, Synchronous};
+
+    let set = ReplicaSet::builder()
+        .synchronous(Synchronous::RemoteApply)
+        .start()
+        .await;
+    let (_, target) = through(&set.primary_url(), 0);
+    let proxy = Proxy::start(target).await;
+    let (url, _) = through(&set.primary_url(), proxy.port);
+    let store = PgEventStore::builder()
+        .outcome_timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .expect("the store connects through the proxy");
+    store
+        .append(vec![record(0, 0)], None)
+        .await
+        .expect("appends commit while the standby applies");
+
+    // The standby stops applying: commits wait for it.
+    let standby = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&set.standby_url(0))
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&standby)
+        .await
+        .unwrap();
+    let event = record(0, 1);
+    let id = event.metadata.event_id;
+    let waiting = {
+        let store = store.clone();
+        let event = event.clone();
+        tokio::spawn(async move { store.append(vec![event], None).await })
+    };
+    // Wait until the commit waits for the standby, then cut its reply.
+    let primary = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&set.primary_url())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let syncing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        )
+        .fetch_one(&primary)
+        .await
+        .unwrap();
+        if syncing > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the append never waited for the standby"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = proxy.cut.send(());
+    let outcome = waiting.await.unwrap();
+    assert!(
+        matches!(outcome, Err(StoreError::OutcomeUnknown { .. })),
+        "a commit the synchronous standby has not confirmed must not be acknowledged, got \
+         {outcome:?}"
+    );
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM dcb.events WHERE event_id = $1")
+        .bind(id)
+        .fetch_one(&primary)
+        .await
+        .unwrap();
+    assert_eq!(visible, 1, "the primary alone has it (committed locally)");
+
+    // Once the standby has it, the same ids are found stored.
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&standby)
+        .await
+        .unwrap();
+    set.wait_for_standbys().await;
+    let retried = store.append(vec![event], None).await;
+    assert!(
+        matches!(retried, Err(StoreError::DuplicateEventId(dup)) if dup == id),
+        "{retried:?}"
+    );
+    store.shutdown().await;
+    standby.close().await;
+    primary.close().await;
+    set.stop().await;
+}

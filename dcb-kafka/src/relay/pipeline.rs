@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dcb_core::{EventStore, Position, Query, ReadOptions, SequencedEvent, StoreError};
-use dcb_postgres::PgEventStore;
+use dcb_postgres::StandbyReader;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,7 +36,9 @@ pub(crate) struct Shared {
     pub(crate) read_query: Query,
     pub(crate) cloud_events: Option<String>,
     pub(crate) config: RelayConfig,
-    pub(crate) store: PgEventStore,
+    /// Where the relay reads the log: the store's standbys when it has
+    /// some, else its primary.
+    pub(crate) log: StandbyReader,
     pub(crate) table: RelayTable,
     pub(crate) producer: producer::Slot,
     /// The contiguous acknowledged position while this instance leads.
@@ -297,7 +299,7 @@ async fn lead(
             read_again_at = None;
             // On a task of its own: decoding a batch runs beside the sends.
             let reader = tokio::spawn(read(
-                shared.store.clone(),
+                shared.log.clone(),
                 shared.read_query.clone(),
                 read_from,
                 config.batch_size,
@@ -531,7 +533,7 @@ fn send(
 
 /// Reads up to `limit` matching events after `after`.
 async fn read(
-    store: PgEventStore,
+    store: StandbyReader,
     query: Query,
     after: u64,
     limit: usize,

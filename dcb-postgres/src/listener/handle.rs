@@ -151,8 +151,19 @@ impl RunnerHandle {
         Ok(position.map_or(0, |p| from_db_or_zero(p).0))
     }
 
+    /// How far the standbys this runner's listeners read from are behind
+    /// the primary (empty when they read the primary): the bound on how
+    /// stale what they handle can be. See [`StandbyReader::lag`](crate::StandbyReader::lag).
+    pub async fn standby_lag(&self) -> Vec<crate::StandbyLag> {
+        match &self.runner.standby {
+            Some(reader) => reader.lag().await,
+            None => Vec::new(),
+        }
+    }
+
     /// Waits until listener `id` has handled (or parked) every event up to
-    /// `position`, whichever instance leads it.
+    /// `position`, whichever instance leads it. Listeners reading a standby
+    /// get there once the standby has replayed `position`.
     ///
     /// # Errors
     /// [`ListenerError::UnknownListener`] and database failures.

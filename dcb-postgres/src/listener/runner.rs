@@ -16,6 +16,7 @@ use super::shared::{ListenerShared, RunnerShared};
 use super::sql::{request_channel, Statements, COMPONENT, STEPS};
 use super::{notify, worker, ListenerError, PgTransaction};
 use crate::text;
+use crate::StandbyReader;
 
 /// The longest listener or instance id, in bytes.
 pub const MAX_ID_BYTES: usize = 200;
@@ -24,6 +25,10 @@ pub const MAX_ID_BYTES: usize = 200;
 /// with [`PgEventStore::listeners`](crate::PgEventStore::listeners).
 pub struct ListenerRunner {
     store: Arc<dyn EventStore>,
+    /// Where the listeners read events, when not from `store`.
+    source: Option<Arc<dyn EventStore>>,
+    /// The standbys `source` reads, for lag reports.
+    standby: Option<StandbyReader>,
     pool: PgPool,
     schema: String,
     channel: String,
@@ -62,12 +67,42 @@ impl ListenerRunner {
     ) -> Self {
         ListenerRunner {
             store,
+            source: None,
+            standby: None,
             pool,
             schema: schema.into(),
             channel: channel.into(),
             config: RunnerConfig::default(),
             listeners: Vec::new(),
         }
+    }
+
+    /// Reads the listeners' events from `source` instead of the store
+    /// (checkpoints, leases and the head of the log stay with the store).
+    /// `source` must show a gapless prefix of the same log on every read:
+    /// the store itself, or a [`StandbyReader`] of it.
+    pub fn read_events_from(mut self, source: Arc<dyn EventStore>) -> Self {
+        self.source = Some(source);
+        self.standby = None;
+        self
+    }
+
+    /// Reads the listeners' events from the store's standbys (what
+    /// [`PgEventStore::listeners`](crate::PgEventStore::listeners) does when
+    /// the store has standbys); [`RunnerHandle::standby_lag`] then reports
+    /// how far they are behind.
+    pub fn read_from_standbys(mut self, reader: StandbyReader) -> Self {
+        self.source = Some(Arc::new(reader.clone()));
+        self.standby = Some(reader);
+        self
+    }
+
+    /// Reads the listeners' events from the primary even when the store has
+    /// standbys.
+    pub fn read_from_primary(mut self) -> Self {
+        self.source = None;
+        self.standby = None;
+        self
     }
 
     /// Replaces the configuration.
@@ -151,6 +186,8 @@ impl ListenerRunner {
             listeners.insert(shared.id().to_owned(), shared);
         }
         let runner = Arc::new(RunnerShared {
+            source: self.source.unwrap_or_else(|| self.store.clone()),
+            standby: self.standby,
             store: self.store,
             pool: self.pool.clone(),
             channel: self.channel,

@@ -16,7 +16,12 @@ use super::sql::Statements;
 
 /// What every task of one runner shares.
 pub(crate) struct RunnerShared {
+    /// The log: its head (status, catch-up, rebuild targets).
     pub(crate) store: Arc<dyn EventStore>,
+    /// Where the listeners read their events (the store, or its standbys).
+    pub(crate) source: Arc<dyn EventStore>,
+    /// The standbys `source` reads, if it does.
+    pub(crate) standby: Option<crate::StandbyReader>,
     pub(crate) pool: PgPool,
     /// The store's channel: a NOTIFY per committed batch.
     pub(crate) channel: String,

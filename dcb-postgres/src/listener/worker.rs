@@ -342,7 +342,7 @@ impl Leader<'_> {
         limit: usize,
     ) -> Result<(Option<Position>, Vec<SequencedEvent>), dcb_core::StoreError> {
         self.runner
-            .store
+            .source
             .read(
                 &self.listener.registered.query,
                 ReadOptions::forwards()

@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dcb_core::{AppendCondition, AppendResult, EventRecord, StoreError};
-use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Row};
 use tokio::time::Instant;
 
 use super::batch::{call_batch, Batch};
 use super::session::{Backend, Session};
 use crate::error::{backend, store_error_ref};
+use crate::failover::Failover;
 use crate::position::from_db_or_zero;
 
 /// What one request of a batch is told.
@@ -59,13 +59,15 @@ pub(crate) struct Committer {
     pub(crate) counters: Arc<Counters>,
     pub(crate) schema: String,
     pub(crate) channel: String,
-    /// How the writer's own connections are opened.
-    pub(crate) connect: PgConnectOptions,
-    /// Connections to look a batch up on after a lost reply.
+    /// Connections to look a batch up on after a lost reply; the writer's
+    /// own connections are opened with its connect options (which follow
+    /// the primary across a failover).
     pub(crate) lookup: PgPool,
     /// How long the writer may try to find out what became of a batch
     /// whose reply was lost before it says the outcome is unknown.
     pub(crate) outcome_timeout: Duration,
+    /// Follows the primary when the store has several hosts.
+    pub(crate) failover: Option<Arc<Failover>>,
 }
 
 /// How one call of the batch function ended.
@@ -140,10 +142,18 @@ impl Committer {
         loop {
             let current = match session {
                 Some(current) => current,
-                None => match Session::open(&self.connect).await {
+                None => match Session::open(&self.lookup.connect_options()).await {
+                    Ok(opened) if opened.in_recovery => {
+                        // The host taken for the primary is a standby (a
+                        // failover moved the primary): nothing was sent.
+                        opened.close().await;
+                        self.suspect();
+                        return Call::Done(parts.iter().map(|_| Err(on_a_standby())).collect());
+                    }
                     Ok(opened) => session.insert(opened),
                     Err(e) => {
                         // Nothing was sent.
+                        self.suspect();
                         let error = store_error_ref("connect for an append", &e);
                         return Call::Done(parts.iter().map(|_| Err(clone(&error))).collect());
                     }
@@ -176,9 +186,19 @@ impl Committer {
                     return Call::Done(parts.iter().map(|_| Err(clone(&error))).collect());
                 }
                 Failure::Refused => return Call::Refused(error),
+                Failure::ReadOnly => {
+                    // The server became a standby under this session: it
+                    // wrote nothing. Drop the session, find the primary.
+                    if let Some(stale) = session.take() {
+                        stale.close().await;
+                    }
+                    self.suspect();
+                    return Call::Done(parts.iter().map(|_| Err(on_a_standby())).collect());
+                }
                 Failure::Unknown => {
                     tracing::warn!(%error, "an append batch lost its reply; finding out what it did");
                     self.counters.lost_replies.fetch_add(1, Ordering::Relaxed);
+                    self.suspect();
                     // The connection may be broken: never reuse it.
                     if let Some(broken) = session.take() {
                         drop(broken);
@@ -226,7 +246,10 @@ impl Committer {
                     }
                     return outcomes;
                 }
-                Ok(Err(e)) => last_error = e.to_string(),
+                Ok(Err(e)) => {
+                    self.suspect();
+                    last_error = e.to_string();
+                }
                 Err(_) => break,
             }
             if Instant::now() + Duration::from_millis(100) >= deadline {
@@ -256,6 +279,13 @@ impl Committer {
                 })
             })
             .collect()
+    }
+
+    /// Starts a search for the primary, when the store has several hosts.
+    fn suspect(&self) {
+        if let Some(failover) = &self.failover {
+            failover.suspect();
+        }
     }
 
     async fn try_resolve(
@@ -306,7 +336,55 @@ impl Committer {
         for row in &rows {
             found.insert(row.try_get(0)?, row.try_get(1)?);
         }
+        if !found.is_empty() {
+            confirm_replicated(&mut conn).await?;
+        }
         Ok(parts.iter().map(|part| settle(part, &found)).collect())
+    }
+}
+
+/// Returns once the synchronous standbys the server waits for (if any)
+/// confirm everything the server has written so far.
+///
+/// A transaction waiting for its synchronous standbys whose process is
+/// ended (as a lost reply is resolved) becomes visible on the primary alone:
+/// PostgreSQL warns that it "has already committed locally, but might not
+/// have been replicated". Reported committed then, it could be lost by a
+/// failover a moment later; so it counts only once the standbys confirm it
+/// (at the level `synchronous_commit` asks: written, flushed or applied).
+/// Until then this waits, and past the outcome timeout the caller hears
+/// "outcome unknown". The confirmation is read from `pg_stat_replication`,
+/// whose positions only a superuser or a member of `pg_read_all_stats`
+/// sees.
+async fn confirm_replicated(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let (lsn, column): (String, Option<String>) = sqlx::query_as(
+        "SELECT pg_current_wal_lsn()::text, \
+             CASE WHEN current_setting('synchronous_standby_names') = '' THEN NULL \
+                  ELSE CASE current_setting('synchronous_commit') \
+                       WHEN 'remote_apply' THEN 'replay_lsn' \
+                       WHEN 'on' THEN 'flush_lsn' \
+                       WHEN 'remote_write' THEN 'write_lsn' \
+                       END \
+             END",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(column) = column else {
+        return Ok(());
+    };
+    let confirmed = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+         WHERE sync_state IN ('sync', 'quorum') AND {column} >= $1::pg_lsn)"
+    );
+    loop {
+        let done: bool = sqlx::query_scalar(&confirmed)
+            .bind(&lsn)
+            .fetch_one(&mut *conn)
+            .await?;
+        if done {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -392,6 +470,8 @@ enum Failure {
     DuplicateId,
     /// A value the database refuses (the call wrote nothing).
     Refused,
+    /// The server is a standby now (the call wrote nothing).
+    ReadOnly,
     /// The database answered with an error: the call wrote nothing.
     RolledBack,
     /// No answer, or one that may come after a commit: look it up.
@@ -407,6 +487,7 @@ fn classify(error: &sqlx::Error) -> Failure {
     let code = code.as_deref().unwrap_or("");
     match code {
         "23505" => Failure::DuplicateId,
+        "25006" => Failure::ReadOnly,
         // 08: connection exception; 57: operator intervention (a process
         // ended or cancelled while waiting for a synchronous standby has
         // committed locally).
@@ -425,6 +506,16 @@ fn database_message(error: &sqlx::Error) -> String {
             None => db.message().to_string(),
         },
         other => other.to_string(),
+    }
+}
+
+/// What the requests of a batch are told when the writer's host turned out
+/// to be a standby: nothing was appended.
+fn on_a_standby() -> StoreError {
+    StoreError::Unavailable {
+        source: "the host the store took for the primary is a standby (a failover moved the \
+                 primary); nothing was appended, and the store is looking for the new primary"
+            .into(),
     }
 }
 
@@ -451,9 +542,9 @@ mod tests {
             counters: Arc::default(),
             schema: "dcb".into(),
             channel: "dcb_commit_tests".into(),
-            connect: (*db.pool().connect_options()).clone(),
             lookup: db.pool().clone(),
             outcome_timeout: Duration::from_secs(10),
+            failover: None,
         }
     }
 

@@ -10,6 +10,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 pub(crate) struct Session {
     pub(crate) conn: PgConnection,
     pub(crate) backend: Backend,
+    /// Whether the server is a standby (then the writer must not use it).
+    pub(crate) in_recovery: bool,
 }
 
 /// A server process: its pid and when it started (a pid alone may be reused
@@ -21,14 +23,15 @@ pub(crate) struct Backend {
 }
 
 impl Session {
-    /// Connects and learns the server process's identity.
+    /// Connects and learns the server process's identity, and whether the
+    /// server is a standby (in the same round trip).
     ///
     /// # Errors
     /// The connection or the identity query failed.
     pub(crate) async fn open(options: &PgConnectOptions) -> Result<Session, sqlx::Error> {
         let mut conn = options.connect().await?;
         let row = sqlx::query(
-            "SELECT pg_backend_pid(), backend_start FROM pg_stat_activity \
+            "SELECT pg_backend_pid(), backend_start, pg_is_in_recovery() FROM pg_stat_activity \
              WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
@@ -37,7 +40,12 @@ impl Session {
             pid: row.try_get(0)?,
             started: row.try_get(1)?,
         };
-        Ok(Session { conn, backend })
+        let in_recovery = row.try_get(2)?;
+        Ok(Session {
+            conn,
+            backend,
+            in_recovery,
+        })
     }
 
     /// Closes the connection, best effort (a broken one is just dropped).

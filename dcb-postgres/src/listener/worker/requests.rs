@@ -202,7 +202,7 @@ impl Leader<'_> {
     async fn first_from(&self, options: ReadOptions) -> Result<Option<SequencedEvent>, String> {
         let read = self
             .runner
-            .store
+            .source
             .read(&self.listener.registered.query, options.limit(1))
             .await
             .map_err(|e| e.to_string())?;
