@@ -328,8 +328,8 @@ async fn decision_read_and_condition_check_use_indexes_at_a_million_events() {
     // cached statement ends up on. Not for a type-only item: a generic plan
     // does not know whether the type is rare, and depending on the
     // statistics it walks the primary key instead of `events_type_position`
-    // (18,000-35,000 buffers seen here), so reads with type-only items must
-    // not run on generic plans (an open problem of the read path).
+    // (18,000-35,000 buffers seen here), so reads with type-only items are
+    // planned with their values on every call (`sql::plan_per_call`).
     let tagged = Query::from_items([
         QueryItem::new()
             .types(["Opened", "Deposited", "Withdrawn"])

@@ -72,6 +72,7 @@ async fn first_page(
     binds[1] = sql::Bind::I64(max);
     binds[2] = sql::Bind::I64(page as i64);
     let rows = sql::bind_all(sqlx::query(&first_sql.text), &binds)
+        .persistent(!sql::plan_per_call(query))
         .fetch_all(source.pool)
         .await
         .map_err(|e| store_error("read events", e))?;
@@ -167,6 +168,7 @@ pub(crate) async fn read(
         });
     };
     let pool = source.pool.clone();
+    let persistent = !sql::plan_per_call(query);
     let page_sql = Arc::new(page_sql);
     let rest = futures::stream::try_unfold(cursor, move |mut cursor| {
         let pool = pool.clone();
@@ -181,6 +183,7 @@ pub(crate) async fn read(
             binds[1] = sql::Bind::I64(cursor.max);
             binds[2] = sql::Bind::I64(page as i64);
             let rows = sql::bind_all(sqlx::query(&page_sql.text), &binds)
+                .persistent(persistent)
                 .fetch_all(&pool)
                 .await
                 .map_err(|e| store_error("read events", e))?;

@@ -70,6 +70,21 @@ pub(crate) fn array_literal<'a>(items: impl IntoIterator<Item = &'a str>) -> Str
     out
 }
 
+/// Whether reads of `query` must be planned with their values on every
+/// call rather than run as a cached statement. A type-only item selects by
+/// `event_type`, and a cached statement ends up on a generic plan that does
+/// not know whether the type is rare: depending on the statistics it walks
+/// the primary key and filters instead of probing `events_type_position`.
+/// Tagged items (the tag is the selective part) and a match-all read
+/// (a position scan) plan the same either way.
+pub(crate) fn plan_per_call(query: &Query) -> bool {
+    !query.is_all()
+        && query
+            .items()
+            .iter()
+            .any(|item| item.tags.is_empty() && !item.types.is_empty())
+}
+
 /// Binds `binds` to `query` in order.
 pub(crate) fn bind_all<'q>(
     mut query: SqlxQuery<'q, Postgres, PgArguments>,
@@ -290,4 +305,23 @@ pub(crate) fn probes(item: &QueryItem) -> Vec<Probe> {
             all_tags: all_tags.clone(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use dcb_core::{Query, QueryItem, Tag};
+
+    use super::plan_per_call;
+
+    #[test]
+    fn reads_with_a_type_only_item_are_planned_per_call() {
+        let typed = QueryItem::new().types(["Opened"]);
+        let tagged = QueryItem::new()
+            .types(["Opened"])
+            .tags([Tag::new("acc", 1)]);
+        assert!(plan_per_call(&Query::from_items([typed.clone()])));
+        assert!(plan_per_call(&Query::from_items([tagged.clone(), typed])));
+        assert!(!plan_per_call(&Query::from_items([tagged])));
+        assert!(!plan_per_call(&Query::all()));
+    }
 }
