@@ -27,6 +27,7 @@
 //! dcb_tests::store_contract_tests!(async { TestDatabase::create().await.into_store().await });
 //! ```
 
+pub mod bank;
 pub mod contract;
 pub mod gate;
 
