@@ -11,77 +11,14 @@ mod kafka_support;
 
 use std::time::Duration;
 
-use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
-use dcb_kafka::{
-    KafkaConfig, KafkaMessage, OutgoingMessage, Publisher, Translator, TranslatorRunner,
-};
+use dcb_core::{EventStore, Query, ReadOptions};
+use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher, TranslatorRunner};
 use dcb_postgres::testing::TestDatabase;
+use kafka_support::ledger::{CreditMessage, Credits, LedgerEventTag};
 use kafka_support::{brokers, create_topic, unique};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum LedgerEvent {
-    Credited {
-        #[id]
-        account: String,
-        amount: i64,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("amount must be positive, got {0}")]
-struct NotPositive(i64);
-
-struct Credit {
-    account: String,
-    amount: i64,
-}
-
-impl Decision for Credit {
-    type Event = LedgerEvent;
-    type StateQuery = ();
-    type Error = NotPositive;
-
-    fn state_query(&self) {}
-
-    fn process(&self, _: &()) -> Result<Vec<LedgerEvent>, NotPositive> {
-        if self.amount <= 0 {
-            return Err(NotPositive(self.amount));
-        }
-        Ok(vec![LedgerEvent::Credited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CreditMessage {
-    account: String,
-    amount: i64,
-}
-
-struct Credits {
-    topic: String,
-}
-
-impl Translator for Credits {
-    type Decision = Credit;
-
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
-    }
-}
 
 /// One message to send: its key and payload, and whether it is a good
 /// credit (then it must be decided).

@@ -9,137 +9,19 @@
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`) and a
 //! broker (`KAFKA_BROKERS`; `scripts/tansu.sh start`).
 
+mod kafka_support;
+
 use std::time::Duration;
 
-use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
 use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use dcb_kafka::rdkafka::client::DefaultClientContext;
 use dcb_kafka::rdkafka::ClientConfig;
 use dcb_kafka::{
-    DeadKind, KafkaConfig, KafkaError, KafkaMessage, OutgoingMessage, Publisher, Translator,
-    TranslatorRunner,
+    DeadKind, KafkaConfig, KafkaError, KafkaMessage, Publisher, Translator, TranslatorRunner,
 };
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
-
-fn brokers() -> String {
-    match std::env::var("KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => b,
-        _ => panic!(
-            "these tests need a Kafka broker: set KAFKA_BROKERS or run scripts/tansu.sh start \
-             (export KAFKA_BROKERS=\"$(scripts/tansu.sh start)\")"
-        ),
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topic");
-    for result in results {
-        result.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
-    }
-}
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum LedgerEvent {
-    Credited {
-        #[id]
-        account: String,
-        amount: i64,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("amount must be positive, got {0}")]
-struct NotPositive(i64);
-
-struct Credit {
-    account: String,
-    amount: i64,
-}
-
-impl Decision for Credit {
-    type Event = LedgerEvent;
-    type StateQuery = ();
-    type Error = NotPositive;
-
-    fn state_query(&self) {}
-
-    fn process(&self, _: &()) -> Result<Vec<LedgerEvent>, NotPositive> {
-        if self.amount <= 0 {
-            return Err(NotPositive(self.amount));
-        }
-        Ok(vec![LedgerEvent::Credited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CreditMessage {
-    account: String,
-    amount: i64,
-}
-
-struct Credits {
-    topic: String,
-}
-
-impl Translator for Credits {
-    type Decision = Credit;
-
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
-    }
-}
-
-async fn credited(store: &PgEventStore) -> usize {
-    let (_, events) = store
-        .read(&Query::types(["Credited"]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    events.len()
-}
-
-async fn publish(publisher: &Publisher, topic: &str, key: &str, payload: Vec<u8>) {
-    publisher
-        .send(OutgoingMessage::new(topic).key(key).payload(payload))
-        .await
-        .expect("publish to the test broker");
-}
-
-fn credit(account: &str, amount: i64) -> Vec<u8> {
-    serde_json::to_vec(&CreditMessage {
-        account: account.into(),
-        amount,
-    })
-    .unwrap()
-}
+use kafka_support::ledger::{credit, credit_from, credited, publish, Credit, Credits};
+use kafka_support::{brokers, create_topic, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_nothing() {
@@ -307,14 +189,11 @@ impl Translator for PickyCredits {
     }
 
     fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        if m.account.starts_with('\0') {
-            return Err(format!("invalid account {}", m.account));
+        let credit = credit_from(message)?;
+        if credit.account.starts_with('\0') {
+            return Err(format!("invalid account {}", credit.account));
         }
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
+        Ok(credit)
     }
 }
 
