@@ -5,19 +5,20 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dcb_core::{
-    EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions, Tag,
-};
+use dcb_core::{EventMetadata, EventRecord, EventType, Tag};
 use dcb_postgres::queue::{
-    append_once, AppendOnce, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor,
-    QueueError, WorkQueue, Workers,
+    append_once, AppendOnce, JobContext, JobError, JobId, JobState, NewJob, Processor, QueueError,
+    WorkQueue, Workers,
 };
 use dcb_postgres::testing::TestDatabase;
+use queue_support::{job_events, wait_for_state};
 use tokio::sync::watch;
 
 const DONE: &str = "FenceJobDone";
@@ -64,43 +65,6 @@ impl Processor for Fence {
     ) -> Result<Vec<EventRecord>, JobError> {
         Ok(vec![done_event(&job.name)])
     }
-}
-
-async fn wait_for_state(
-    queue: &WorkQueue,
-    id: JobId,
-    state: JobState,
-    timeout: Duration,
-) -> JobInfo {
-    let until = Instant::now() + timeout;
-    loop {
-        let job = queue
-            .admin()
-            .job(id)
-            .await
-            .expect("read job")
-            .expect("job exists");
-        if job.state == state {
-            return job;
-        }
-        assert!(
-            Instant::now() < until,
-            "job did not reach {state} within {timeout:?}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn done_events(store: &impl EventStore, id: JobId) -> usize {
-    let query = Query::from_items([QueryItem::new().types([DONE]).tags([Tag::new("job", id)])]);
-    let (_, events) = store
-        .read(&query, ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect()
-        .await
-        .expect("collect");
-    events.len()
 }
 
 async fn setup() -> (TestDatabase, WorkQueue, JobId) {
@@ -159,11 +123,11 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
         .start()
         .await
         .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
 
     // Worker 1 wakes up and tries to finish its attempt.
     let late = queue.complete(&first).await;
@@ -208,7 +172,7 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
             .map(|e| e.contains("lease expired")),
         Some(true)
     );
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
 
     workers.shutdown(Duration::from_secs(5)).await;
     store.shutdown().await;
@@ -240,7 +204,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start first worker");
-    let running = wait_for_state(&queue, id, JobState::Running, Duration::from_secs(30)).await;
+    let running = wait_for_state(&queue.admin(), id, JobState::Running).await;
     assert_eq!(running.locked_by.as_deref(), Some("first-worker"));
     while first_runs.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -258,10 +222,10 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     assert_eq!(done.attempt, 2);
     assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
 
     // The first worker resumes: its attempt 1 finishes (within the
     // shutdown's grace period), but the completion and the success event
@@ -279,7 +243,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         (after.updated_at, after.finished_at),
         (done.updated_at, done.finished_at)
     );
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
     assert_eq!(first_runs.load(Ordering::SeqCst), 1);
     assert_eq!(second_runs.load(Ordering::SeqCst), 1);
     store.shutdown().await;

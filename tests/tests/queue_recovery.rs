@@ -5,20 +5,20 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dcb_core::{
-    EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions, Tag,
-};
+use dcb_core::{EventMetadata, EventRecord, EventType};
 use dcb_postgres::queue::{
-    JobContext, JobError, JobFailure, JobId, JobInfo, JobState, NewJob, Processor, WorkQueue,
-    Workers,
+    JobContext, JobError, JobFailure, JobState, NewJob, Processor, WorkQueue, Workers,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use queue_support::{job_events, wait_for_state};
 
 const FAILED: &str = "SlowJobFailed";
 
@@ -68,30 +68,6 @@ async fn setup() -> (TestDatabase, PgEventStore, WorkQueue) {
     (db, store, queue)
 }
 
-async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState) -> JobInfo {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = queue.admin().job(id).await.expect("read").expect("exists");
-        if job.state == state {
-            return job;
-        }
-        assert!(Instant::now() < until, "job never reached {state}: {job:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn failure_events(store: &PgEventStore, id: JobId) -> usize {
-    let query = Query::from_items([QueryItem::new().types([FAILED]).tags([Tag::new("job", id)])]);
-    let (_, events) = store
-        .read(&query, ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    events.len()
-}
-
 fn claim_args() -> (Vec<String>, Vec<String>) {
     (vec!["default".to_string()], vec!["slow".to_string()])
 }
@@ -122,7 +98,7 @@ async fn heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
     };
     let a = start().await.unwrap();
     let b = start().await.unwrap();
-    let done = wait_for_state(&queue, id, JobState::Succeeded).await;
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     assert_eq!(done.attempt, 1);
     assert_eq!(slow.runs.load(Ordering::SeqCst), 1);
     a.shutdown(Duration::from_secs(1)).await;
@@ -166,14 +142,14 @@ async fn worker_lost_during_the_last_attempt_leaves_a_dead_job_with_one_failure_
         .start()
         .await
         .unwrap();
-    let dead = wait_for_state(&queue, id, JobState::Dead).await;
+    let dead = wait_for_state(&queue.admin(), id, JobState::Dead).await;
     assert!(dead
         .last_error
         .as_deref()
         .unwrap()
         .contains("lease expired during attempt 1"));
     assert_eq!(slow.runs.load(Ordering::SeqCst), 0, "no attempts were left");
-    assert_eq!(failure_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, FAILED, id).await.len(), 1);
     assert_eq!(slow.failures.lock().unwrap()[0].attempts, 1);
     workers.shutdown(Duration::from_secs(1)).await;
     store.shutdown().await;
@@ -217,10 +193,10 @@ async fn worker_lost_while_recording_a_final_failure_does_not_run_the_job_again(
         .start()
         .await
         .unwrap();
-    let dead = wait_for_state(&queue, id, JobState::Dead).await;
+    let dead = wait_for_state(&queue.admin(), id, JobState::Dead).await;
     assert_eq!(slow.runs.load(Ordering::SeqCst), 0);
     assert!(dead.last_error.as_deref().unwrap().contains("bad input"));
-    assert_eq!(failure_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, FAILED, id).await.len(), 1);
     workers.shutdown(Duration::from_secs(1)).await;
     store.shutdown().await;
     db.cleanup().await;
