@@ -8,15 +8,14 @@
 #[path = "listener_support.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dcb_core::EventStore;
 use dcb_postgres::testing::TestDatabase;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::spawn_child_with_lines;
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 const RUNS: usize = 8;
@@ -24,20 +23,7 @@ const LISTENER: &str = "tick-printer";
 
 /// A child and the task collecting the positions it prints.
 async fn spawn_child(url: &str, instance: &str) -> (Child, JoinHandle<Vec<i64>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
-        .args(["alo", url, instance, "600", LISTENER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn listener_child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("child ready in time")
-        .expect("read child stdout");
-    assert_eq!(ready.as_deref(), Some("ready"));
+    let (child, mut lines) = spawn_child_with_lines("alo", url, instance, 600, LISTENER).await;
     let seen = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {

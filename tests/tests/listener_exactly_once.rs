@@ -8,37 +8,16 @@
 #[path = "listener_support.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dcb_core::EventStore;
 use dcb_postgres::testing::TestDatabase;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::spawn_child;
 
 const RUNS: usize = 10;
 const LISTENER: &str = "tick-counter";
-
-async fn spawn_child(url: &str, instance: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
-        .args(["tx", url, instance, "600", LISTENER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn listener_child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("child ready in time")
-        .expect("read child stdout");
-    assert_eq!(ready.as_deref(), Some("ready"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
 
 /// Count, ticks up to the checkpoint, and duplicate rows, read in one
 /// snapshot (a batch the killed child sent its commit for may still commit
@@ -84,7 +63,7 @@ async fn transactional_projection_is_exactly_once_across_sigkills() {
 
     let mut progressed = 0;
     for run in 0..RUNS {
-        let mut child = spawn_child(db.url(), &format!("killed-{run}")).await;
+        let mut child = spawn_child("tx", db.url(), &format!("killed-{run}"), 600, LISTENER).await;
         tokio::time::sleep(Duration::from_millis(fastrand::u64(700..1600))).await;
         child.start_kill().expect("SIGKILL");
         child.wait().await.expect("reap");
@@ -100,7 +79,7 @@ async fn transactional_projection_is_exactly_once_across_sigkills() {
     appender.await.unwrap();
     let head = support::head(db.pool()).await;
 
-    let mut child = spawn_child(db.url(), "final").await;
+    let mut child = spawn_child("tx", db.url(), "final", 600, LISTENER).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while support::checkpoint(db.pool(), LISTENER).await < head {
         assert!(Instant::now() < deadline, "the projection did not catch up");

@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dcb_core::{BoxError, EventStore, Listener, Position, Query, Sequenced, TransactionalListener};
 use dcb_postgres::listener::{
-    Backoff, ListenerOptions, ListenerState, ListenerStatus, PgTransaction, RunnerConfig,
-    RunnerHandle,
+    Backoff, ListenerOptions, ListenerState, PgTransaction, RunnerConfig,
 };
 use dcb_postgres::testing::TestDatabase;
-use support::TestEvent;
+use support::{wait_for_status, TestEvent};
 
 const POISON: u64 = 13;
 
@@ -28,24 +27,6 @@ fn config() -> RunnerConfig {
         .batch_size(8)
         .poll_interval(Duration::from_millis(100))
         .backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(200)).jitter(0.0))
-}
-
-/// Waits (up to 30 s) until `id`'s status satisfies `done`; returns it.
-async fn wait_for_status(
-    runner: &RunnerHandle,
-    id: &str,
-    what: &str,
-    done: impl Fn(&ListenerStatus) -> bool,
-) -> ListenerStatus {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = runner.status(id).await.unwrap();
-        if done(&status) {
-            return status;
-        }
-        assert!(Instant::now() < until, "{id} never {what}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[derive(Default)]

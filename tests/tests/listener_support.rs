@@ -1,17 +1,27 @@
 //! Shared pieces of the listener tests and their child processes: a tiny
-//! event type, a counting transactional projection and its tables. Included
-//! with `#[path]` by the `listener_*` tests and the `listener_child` binary.
+//! event type, a counting transactional projection and its tables, starting
+//! a `listener_child` and waiting for a listener's status. Included with
+//! `#[path]` by the `listener_*` tests and the `listener_child` binary.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::{
     BoxError, CodecError, Event, EventMetadata, EventRecord, EventSchema, EventType, Query,
     Sequenced, Tag, TransactionalListener,
 };
-use dcb_postgres::listener::PgTransaction;
+use dcb_postgres::listener::{
+    ListenerAdmin, ListenerError, ListenerStatus, PgTransaction, RunnerHandle,
+};
 use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// How long a test waits for a child or a listener's status: generous, so
+/// a loaded machine only makes a test slower, never red.
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// `Tick`s are what the listeners count; `Tock`s are noise they skip.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,4 +217,87 @@ pub async fn head(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .expect("read head")
+}
+
+/// Starts `listener_child <mode> <url> <instance> <lease_ms> <listener>` and
+/// waits (up to [`WAIT`]) for its `ready` line; returns the child (killed on
+/// drop) and the lines it prints after that.
+pub async fn spawn_child_with_lines(
+    mode: &str,
+    url: &str,
+    instance: &str,
+    lease_ms: u64,
+    listener: &str,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
+    // Set by cargo for the tests only; the child binary never spawns itself.
+    let exe = option_env!("CARGO_BIN_EXE_listener_child").expect("built as a test of dcb-tests");
+    let mut child = Command::new(exe)
+        .args([mode, url, instance, &lease_ms.to_string(), listener])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn listener_child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("child ready in time")
+        .expect("read child stdout");
+    assert_eq!(ready.as_deref(), Some("ready"));
+    (child, lines)
+}
+
+/// [`spawn_child_with_lines`], its later output read and dropped.
+pub async fn spawn_child(
+    mode: &str,
+    url: &str,
+    instance: &str,
+    lease_ms: u64,
+    listener: &str,
+) -> Child {
+    let (child, mut lines) = spawn_child_with_lines(mode, url, instance, lease_ms, listener).await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// Where a test reads a listener's status: the runner running it, or an
+/// operator's [`ListenerAdmin`] reading the database.
+pub trait StatusSource {
+    async fn status_of(&self, id: &str) -> Result<ListenerStatus, ListenerError>;
+}
+
+impl StatusSource for RunnerHandle {
+    async fn status_of(&self, id: &str) -> Result<ListenerStatus, ListenerError> {
+        self.status(id).await
+    }
+}
+
+impl StatusSource for ListenerAdmin {
+    async fn status_of(&self, id: &str) -> Result<ListenerStatus, ListenerError> {
+        self.status(id).await
+    }
+}
+
+/// Waits (up to [`WAIT`]) until `id`'s status, read from `source`,
+/// satisfies `done`; returns it. `what` names the awaited state in the
+/// failure message.
+pub async fn wait_for_status(
+    source: &impl StatusSource,
+    id: &str,
+    what: &str,
+    done: impl Fn(&ListenerStatus) -> bool,
+) -> ListenerStatus {
+    let until = Instant::now() + WAIT;
+    loop {
+        match source.status_of(id).await {
+            Ok(status) if done(&status) => return status,
+            Ok(status) => assert!(Instant::now() < until, "{id} never {what}: {status:?}"),
+            Err(ListenerError::UnknownListener(_)) => {
+                assert!(Instant::now() < until, "{id} never started");
+            }
+            Err(e) => panic!("status of {id}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
