@@ -27,6 +27,16 @@ use support::{spawn_child, wait_for_status, TestEvent, WAIT};
 
 const POISON: u64 = 7;
 
+/// Polls often and retries quickly, so failures park or block soon.
+fn quick_retries() -> RunnerConfig {
+    RunnerConfig::default()
+        .poll_interval(Duration::from_millis(100))
+        .backoff(Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        ))
+}
+
 /// An admin on a pool of its own: nothing shared with the runners.
 async fn admin(db: &TestDatabase) -> ListenerAdmin {
     let pool = PgPool::connect(db.url()).await.expect("a pool of its own");
@@ -226,14 +236,7 @@ async fn one_parked_event_is_retried_and_a_blocking_one_skipped_through_the_data
     let handled = Arc::new(Mutex::new(Vec::new()));
     let runner = store
         .listeners()
-        .config(
-            RunnerConfig::default()
-                .poll_interval(Duration::from_millis(100))
-                .backoff(Backoff::new(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
-                )),
-        )
+        .config(quick_retries())
         .at_least_once_with(
             Flaky {
                 broken: flaky_broken.clone(),
@@ -250,11 +253,7 @@ async fn one_parked_event_is_retried_and_a_blocking_one_skipped_through_the_data
         .start()
         .await
         .unwrap();
-    let head = store
-        .append((1..=20).map(support::tick).collect(), None)
-        .await
-        .unwrap()
-        .last;
+    let head = support::append_ticks(&store, 1..=20).await;
     let admin = admin(&db).await;
 
     // The at-least-once listener parks the event and moves on.
@@ -400,14 +399,7 @@ async fn a_permanent_failure_parks_the_event_unless_the_listener_chooses_to_bloc
         .unwrap();
     let runner = store
         .listeners()
-        .config(
-            RunnerConfig::default()
-                .poll_interval(Duration::from_millis(100))
-                .backoff(Backoff::new(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
-                )),
-        )
+        .config(quick_retries())
         .transactional(Texts { id: "texts" })
         .transactional_with(
             Texts { id: "stubborn" },
@@ -416,11 +408,7 @@ async fn a_permanent_failure_parks_the_event_unless_the_listener_chooses_to_bloc
         .start()
         .await
         .unwrap();
-    let head = store
-        .append((1..=20).map(support::tick).collect(), None)
-        .await
-        .unwrap()
-        .last;
+    let head = support::append_ticks(&store, 1..=20).await;
     let admin = admin(&db).await;
 
     // The default: a few attempts, then the event is parked and every other
@@ -490,23 +478,12 @@ async fn an_error_text_postgres_cannot_store_still_parks_its_event() {
     let store = db.store().await;
     let runner = store
         .listeners()
-        .config(
-            RunnerConfig::default()
-                .poll_interval(Duration::from_millis(100))
-                .backoff(Backoff::new(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
-                )),
-        )
+        .config(quick_retries())
         .at_least_once_with(Quoting, ListenerOptions::park_after(2))
         .start()
         .await
         .unwrap();
-    let head = store
-        .append((1..=10).map(support::tick).collect(), None)
-        .await
-        .unwrap()
-        .last;
+    let head = support::append_ticks(&store, 1..=10).await;
     runner
         .wait_until_timeout("quoting", head, WAIT)
         .await

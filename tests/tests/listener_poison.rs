@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dcb_core::{BoxError, EventStore, Listener, Position, Query, Sequenced, TransactionalListener};
+use dcb_core::{BoxError, Listener, Position, Query, Sequenced, TransactionalListener};
 use dcb_postgres::listener::{
     Backoff, ListenerOptions, ListenerState, PgTransaction, RunnerConfig,
 };
@@ -75,12 +75,9 @@ async fn poison_event_is_retried_with_backoff_then_parked() {
         .await
         .expect("start");
 
-    let appended = store
-        .append((1..=30).map(support::tick).collect(), None)
-        .await
-        .unwrap();
+    let head = support::append_ticks(&store, 1..=30).await;
     runner
-        .wait_until_timeout("picky", appended.last, Duration::from_secs(30))
+        .wait_until_timeout("picky", head, Duration::from_secs(30))
         .await
         .expect("the listener moves past the poison event");
 
@@ -114,7 +111,7 @@ async fn poison_event_is_retried_with_backoff_then_parked() {
     })
     .await;
     assert_eq!(status.parked, 1);
-    assert_eq!(status.position, Some(appended.last));
+    assert_eq!(status.position, Some(head));
     assert_eq!(status.lag, 0);
     assert_eq!(status.attempts, 0);
     assert!(status.leading_here);
@@ -178,10 +175,7 @@ async fn blocking_transactional_listener_waits_on_the_event_and_shows_it() {
         .await
         .expect("start");
 
-    let appended = store
-        .append((1..=30).map(support::tick).collect(), None)
-        .await
-        .unwrap();
+    let head = support::append_ticks(&store, 1..=30).await;
     runner
         .wait_until_timeout("fragile", Position(POISON - 1), Duration::from_secs(30))
         .await
@@ -205,7 +199,7 @@ async fn blocking_transactional_listener_waits_on_the_event_and_shows_it() {
     // Fixed: it carries on, and the failed attempts left nothing behind.
     broken.store(false, Ordering::SeqCst);
     runner
-        .wait_until_timeout("fragile", appended.last, Duration::from_secs(30))
+        .wait_until_timeout("fragile", head, Duration::from_secs(30))
         .await
         .expect("recovers");
     assert_eq!(support::tick_count(db.pool()).await, 30);

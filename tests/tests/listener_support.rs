@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::{
-    BoxError, CodecError, Event, EventMetadata, EventRecord, EventSchema, EventType, Query,
-    Sequenced, Tag, TransactionalListener,
+    BoxError, CodecError, Event, EventMetadata, EventRecord, EventSchema, EventStore, EventType,
+    Position, Query, Sequenced, Tag, TransactionalListener,
 };
 use dcb_postgres::listener::{
     ListenerAdmin, ListenerError, ListenerStatus, PgTransaction, RunnerHandle,
@@ -86,6 +86,16 @@ fn record(event_type: &'static str, n: u64) -> EventRecord {
         payload: n.to_string().into_bytes(),
         metadata: EventMetadata::new(),
     }
+}
+
+/// Appends `Tick(n)` for each `n` of `ns` in one batch; returns the last
+/// position.
+pub async fn append_ticks(store: &impl EventStore, ns: std::ops::RangeInclusive<u64>) -> Position {
+    store
+        .append(ns.map(tick).collect(), None)
+        .await
+        .expect("append ticks")
+        .last
 }
 
 pub fn ticks_only() -> Query {
