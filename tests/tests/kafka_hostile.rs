@@ -12,9 +12,9 @@ mod kafka_support;
 use std::time::Duration;
 
 use dcb_core::{EventStore, Query, ReadOptions};
-use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher, TranslatorRunner};
+use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher};
 use dcb_postgres::testing::TestDatabase;
-use kafka_support::ledger::{CreditMessage, Credits, LedgerEventTag};
+use kafka_support::ledger::{start_credits, CreditMessage, LedgerEventTag};
 use kafka_support::{brokers, create_topic, unique};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -104,13 +104,7 @@ async fn hostile_messages_never_stall_a_translator() {
             .expect("publish to the test broker");
     }
     let good = messages.iter().filter(|m| m.good).count() as u64;
-    let runner = TranslatorRunner::new(config.clone(), unique("dcb-hostile-group"), store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, &unique("dcb-hostile-group"), &store, &topic).await;
     let sent = messages.len() as u64;
     let stats = runner
         .wait_for_messages(sent, Duration::from_secs(180))

@@ -20,7 +20,9 @@ use dcb_kafka::{
     DeadKind, KafkaConfig, KafkaError, KafkaMessage, Publisher, Translator, TranslatorRunner,
 };
 use dcb_postgres::testing::TestDatabase;
-use kafka_support::ledger::{credit, credit_from, credited, publish, Credit, Credits};
+use kafka_support::ledger::{
+    credit, credit_from, credited, publish, start_credits, Credit, Credits,
+};
 use kafka_support::{brokers, create_topic, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,13 +46,7 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
     futures::future::join_all(sends).await;
 
     let group = unique("dcb-credits-group");
-    let runner = TranslatorRunner::new(config.clone(), &group, store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, &group, &store, &topic).await;
     let stats = runner
         .wait_for_messages(1000, Duration::from_secs(120))
         .await;
@@ -62,13 +58,7 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
 
     // Replay: a new group starts at the earliest offset, so every message
     // comes again; each decision is recognised by its idempotency key.
-    let replay = TranslatorRunner::new(config.clone(), unique("dcb-replay"), store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let replay = start_credits(&config, &unique("dcb-replay"), &store, &topic).await;
     let stats = replay
         .wait_for_messages(1000, Duration::from_secs(120))
         .await;
@@ -83,13 +73,7 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
     // group would read again if its offsets had not been committed; once
     // the three are decided, nothing else may have come (a redelivery would
     // be counted as a duplicate, since its decision is deduped).
-    let again = TranslatorRunner::new(config.clone(), &group, store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let again = start_credits(&config, &group, &store, &topic).await;
     for partition in 0..3 {
         publish_to(&config, &topic, partition, credit("after-restart", 1)).await;
     }
@@ -137,13 +121,7 @@ async fn garbage_and_rejected_messages_are_recorded_dead_and_the_partition_moves
     publish(&publisher, &topic, "c", credit("c", -3)).await;
     publish(&publisher, &topic, "d", credit("d", 7)).await;
 
-    let runner = TranslatorRunner::new(config, unique("dcb-garbage-group"), store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, &unique("dcb-garbage-group"), &store, &topic).await;
     let stats = runner.wait_for_messages(4, Duration::from_secs(60)).await;
     let dead = runner.dead_messages(10).await.unwrap();
     runner.shutdown().await;
@@ -336,14 +314,7 @@ async fn a_topic_created_again_is_read_from_its_start_and_its_records_are_new() 
     publish(&publisher, &topic, "a", credit("a", 1)).await;
     publish(&publisher, &topic, "g", b"garbage".to_vec()).await;
     publish(&publisher, &topic, "a", credit("a", 2)).await;
-    let start = || {
-        TranslatorRunner::new(config.clone(), &group, store.clone())
-            .add(Credits {
-                topic: topic.clone(),
-            })
-            .start()
-    };
-    let runner = start().await.unwrap();
+    let runner = start_credits(&config, &group, &store, &topic).await;
     let stats = runner.wait_for_messages(3, Duration::from_secs(60)).await;
     runner.shutdown().await;
     assert_eq!((stats.decided, stats.dead), (2, 1), "{stats:?}");
@@ -356,7 +327,7 @@ async fn a_topic_created_again_is_read_from_its_start_and_its_records_are_new() 
     // does when it loses its assignment to a broker that came back empty).
     commit_offset(&brokers, &group, &topic, 3);
 
-    let runner = start().await.unwrap();
+    let runner = start_credits(&config, &group, &store, &topic).await;
     let stats = runner.wait_for_messages(2, Duration::from_secs(90)).await;
     let dead = runner.dead_messages(10).await.unwrap();
     runner.shutdown().await;

@@ -9,9 +9,9 @@ mod kafka_support;
 use std::time::Duration;
 
 use dcb_kafka::rdkafka::mocking::MockCluster;
-use dcb_kafka::{DeadKind, KafkaConfig, Publisher, TranslatorRunner};
+use dcb_kafka::{DeadKind, KafkaConfig, Publisher};
 use dcb_postgres::testing::TestDatabase;
-use kafka_support::ledger::{credit, credited, publish, Credits};
+use kafka_support::ledger::{credit, credited, publish, start_credits};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn translator_carries_on_after_the_broker_comes_back() {
@@ -26,13 +26,7 @@ async fn translator_carries_on_after_the_broker_comes_back() {
     }
     publish(&publisher, "credits", "g", b"garbage".to_vec()).await;
 
-    let runner = TranslatorRunner::new(config, "mock-group", store.clone())
-        .add(Credits {
-            topic: "credits".into(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, "mock-group", &store, "credits").await;
     let stats = runner.wait_for_messages(6, Duration::from_secs(60)).await;
     assert_eq!(stats.decided, 5, "{stats:?}");
     assert_eq!(stats.dead, 1, "{stats:?}");

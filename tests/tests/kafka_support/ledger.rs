@@ -3,7 +3,10 @@
 //! reject amounts that are not positive.
 
 use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
-use dcb_kafka::{KafkaMessage, OutgoingMessage, Publisher, Translator};
+use dcb_kafka::{
+    KafkaConfig, KafkaMessage, OutgoingMessage, Publisher, Translator, TranslatorHandle,
+    TranslatorRunner,
+};
 use dcb_postgres::PgEventStore;
 
 #[derive(Event, Debug, Clone, PartialEq)]
@@ -101,4 +104,21 @@ pub fn credit(account: &str, amount: i64) -> Vec<u8> {
         amount,
     })
     .unwrap()
+}
+
+/// Starts a runner in consumer group `group` with one [`Credits`] translator
+/// of `topic`.
+pub async fn start_credits(
+    config: &KafkaConfig,
+    group: &str,
+    store: &PgEventStore,
+    topic: &str,
+) -> TranslatorHandle {
+    TranslatorRunner::new(config.clone(), group, store.clone())
+        .add(Credits {
+            topic: topic.to_owned(),
+        })
+        .start()
+        .await
+        .expect("start the translator")
 }
