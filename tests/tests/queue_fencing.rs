@@ -14,10 +14,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dcb_core::{EventMetadata, EventRecord, EventType, Tag};
 use dcb_postgres::queue::{
-    append_once, AppendOnce, JobContext, JobError, JobId, JobState, NewJob, Processor, QueueError,
-    WorkQueue, Workers,
+    append_once, AppendOnce, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor,
+    QueueError, WorkQueue, Workers, WorkersHandle,
 };
 use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
 use queue_support::{job_events, wait_for_state};
 use tokio::sync::watch;
 
@@ -82,6 +83,33 @@ async fn setup() -> (TestDatabase, WorkQueue, JobId) {
     (db, queue, id)
 }
 
+/// Starts workers as `second-worker` (a lease of 5 s) and checks that they
+/// complete job `id` as its attempt 2, recording its success event once;
+/// returns them, their count of runs and the completed job.
+async fn second_worker_completes(
+    queue: &WorkQueue,
+    store: &PgEventStore,
+    id: JobId,
+) -> (WorkersHandle, Arc<AtomicU32>, JobInfo) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let workers = Workers::new(queue.clone(), store.clone())
+        .register(Fence {
+            runs: runs.clone(),
+            gate: None,
+        })
+        .worker_id("second-worker")
+        .lease(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .expect("start second worker");
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
+    (workers, runs, done)
+}
+
 /// The protocol level: worker 1 claims, pauses past its lease; worker 2
 /// (real workers) reclaims and completes; worker 1's late calls are rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,23 +139,8 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
     // Worker 1 "pauses" past its lease.
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let workers = Workers::new(queue.clone(), store.clone())
-        .register(Fence {
-            runs: runs.clone(),
-            gate: None,
-        })
-        .worker_id("second-worker")
-        .lease(Duration::from_secs(5))
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .expect("start second worker");
-    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
-    assert_eq!(done.attempt, 2);
-    assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
+    let (workers, runs, _) = second_worker_completes(&queue, &store, id).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
 
     // Worker 1 wakes up and tries to finish its attempt.
     let late = queue.complete(&first).await;
@@ -210,22 +223,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let second_runs = Arc::new(AtomicU32::new(0));
-    let second = Workers::new(queue.clone(), store.clone())
-        .register(Fence {
-            runs: second_runs.clone(),
-            gate: None,
-        })
-        .worker_id("second-worker")
-        .lease(Duration::from_secs(5))
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .expect("start second worker");
-    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
-    assert_eq!(done.attempt, 2);
-    assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
-    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
+    let (second, second_runs, done) = second_worker_completes(&queue, &store, id).await;
 
     // The first worker resumes: its attempt 1 finishes (within the
     // shutdown's grace period), but the completion and the success event
