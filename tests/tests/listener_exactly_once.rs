@@ -10,9 +10,8 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dcb_core::EventStore;
 use dcb_postgres::testing::TestDatabase;
 use support::spawn_child;
 
@@ -39,27 +38,7 @@ async fn transactional_projection_is_exactly_once_across_sigkills() {
     support::create_projection(db.pool()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let appender = {
-        let store = store.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let batch: Vec<_> = (0..fastrand::usize(1..6))
-                    .map(|_| {
-                        n += 1;
-                        if fastrand::u8(..3) == 0 {
-                            support::tock(n)
-                        } else {
-                            support::tick(n)
-                        }
-                    })
-                    .collect();
-                store.append(batch, None).await.expect("append");
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
-            }
-        })
-    };
+    let appender = support::spawn_appender(store.clone(), stop.clone());
 
     let mut progressed = 0;
     for run in 0..RUNS {
@@ -77,14 +56,9 @@ async fn transactional_projection_is_exactly_once_across_sigkills() {
 
     stop.store(true, Ordering::SeqCst);
     appender.await.unwrap();
-    let head = support::head(db.pool()).await;
 
     let mut child = spawn_child("tx", db.url(), "final", 600, LISTENER).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while support::checkpoint(db.pool(), LISTENER).await < head {
-        assert!(Instant::now() < deadline, "the projection did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_caught_up(db.pool(), LISTENER).await;
     drop(child.stdin.take());
     tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await

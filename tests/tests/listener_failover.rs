@@ -54,15 +54,6 @@ async fn append_ticks(store: &PgEventStore, from: u64, n: u64) {
     }
 }
 
-async fn caught_up(pool: &sqlx::PgPool, within: Duration) {
-    let head = support::head(pool).await;
-    let started = Instant::now();
-    while support::checkpoint(pool, LISTENER).await < head {
-        assert!(started.elapsed() < within, "the listener did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Instances in the order they handled events, with consecutive repeats
 /// collapsed.
 async fn handover_sequence(pool: &sqlx::PgPool) -> Vec<String> {
@@ -93,7 +84,7 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
     let mut b = spawn_child("tx", db.url(), "b", LONG_LEASE_MS, LISTENER).await;
 
     append_ticks(&store, 0, 200).await;
-    caught_up(pool, WAIT).await;
+    support::wait_caught_up(pool, LISTENER).await;
     assert_eq!(
         handover_sequence(pool).await,
         ["a"],
@@ -112,7 +103,7 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
     let takeover = wait_for_owner(pool, "b", WAIT).await;
     eprintln!("b took over {takeover:?} after a was killed");
     appender.await.unwrap();
-    caught_up(pool, WAIT).await;
+    support::wait_caught_up(pool, LISTENER).await;
     // One leader at a time, whatever the machine's speed: b handled nothing
     // before a's last event (b waited for a's lease to run out).
     let (last_by_a, first_by_b): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
@@ -140,7 +131,7 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
     let takeover = wait_for_owner(pool, "c", WAIT).await;
     eprintln!("c took over {takeover:?} after b shut down");
     append_ticks(&store, 500, 100).await;
-    caught_up(pool, WAIT).await;
+    support::wait_caught_up(pool, LISTENER).await;
     assert_eq!(handover_sequence(pool).await, ["a", "b", "c"]);
 
     // Every tick exactly once.

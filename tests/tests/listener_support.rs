@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,6 +17,7 @@ use dcb_core::{
 use dcb_postgres::listener::{
     ListenerAdmin, ListenerError, ListenerStatus, PgTransaction, RunnerHandle,
 };
+use dcb_postgres::PgEventStore;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -308,6 +311,42 @@ pub async fn wait_for_status(
             }
             Err(e) => panic!("status of {id}: {e}"),
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Appends batches of one to five events (about one `Tock` for two
+/// `Tick`s), numbered from 1, a few milliseconds apart, until `stop` is set.
+pub fn spawn_appender(store: PgEventStore, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let batch: Vec<_> = (0..fastrand::usize(1..6))
+                .map(|_| {
+                    n += 1;
+                    if fastrand::u8(..3) == 0 {
+                        tock(n)
+                    } else {
+                        tick(n)
+                    }
+                })
+                .collect();
+            store.append(batch, None).await.expect("append");
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
+        }
+    })
+}
+
+/// Waits (up to [`WAIT`]) until listener `id`'s checkpoint reaches the log
+/// head as it is now.
+pub async fn wait_caught_up(pool: &PgPool, id: &str) {
+    let head = head(pool).await;
+    let until = Instant::now() + WAIT;
+    while checkpoint(pool, id).await < head {
+        assert!(
+            Instant::now() < until,
+            "{id} did not catch up to {head} within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
