@@ -145,13 +145,7 @@ impl TransactionalListener<PgTransaction> for Fragile {
         event: Sequenced<TestEvent>,
     ) -> Result<(), BoxError> {
         // Write first, so a failure must roll the write back.
-        sqlx::query("UPDATE tick_count SET n = n + 1 WHERE id = 1")
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO tick_seen (position, instance) VALUES ($1, 'here')")
-            .bind(event.position.0 as i64)
-            .execute(&mut **tx)
-            .await?;
+        support::count_tick(tx, event.position, "here").await?;
         if event.event == TestEvent::Tick(POISON) && self.broken.load(Ordering::SeqCst) {
             return Err("read model constraint violated".into());
         }

@@ -123,6 +123,24 @@ pub async fn create_projection(pool: &PgPool) {
     .expect("create projection tables");
 }
 
+/// The projection's write for one tick at `position`, in `tx`: the count
+/// goes up and `tick_seen` records it, handled by `instance`.
+pub async fn count_tick(
+    tx: &mut PgTransaction,
+    position: Position,
+    instance: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tick_count SET n = n + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO tick_seen (position, instance) VALUES ($1, $2)")
+        .bind(position.0 as i64)
+        .bind(instance)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// A transactional projection counting `Tick`s, recording each one it sees.
 pub struct TickCounter {
     pub id: String,
@@ -148,14 +166,7 @@ impl TransactionalListener<PgTransaction> for TickCounter {
         tx: &mut PgTransaction,
         event: Sequenced<TestEvent>,
     ) -> Result<(), BoxError> {
-        sqlx::query("UPDATE tick_count SET n = n + 1 WHERE id = 1")
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO tick_seen (position, instance) VALUES ($1, $2)")
-            .bind(event.position.0 as i64)
-            .bind(&self.instance)
-            .execute(&mut **tx)
-            .await?;
+        count_tick(tx, event.position, &self.instance).await?;
         if !self.jitter.is_zero() {
             let micros = fastrand::u64(..self.jitter.as_micros() as u64);
             tokio::time::sleep(Duration::from_micros(micros)).await;
