@@ -30,6 +30,7 @@
 pub mod bank;
 pub mod contract;
 pub mod gate;
+pub mod instances;
 
 /// The workspace README's code, compiled and run as a doctest so the taste it
 /// gives never goes stale.

@@ -11,8 +11,7 @@ use dcb_core::{
     StoreError, Tag,
 };
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
-use sqlx::postgres::PgPoolOptions;
+use dcb_tests::instances::instances;
 
 const STORES: usize = 4;
 const DECIDERS: usize = 32;
@@ -24,16 +23,7 @@ async fn deciders_on_disjoint_boundaries_never_conflict() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let db = TestDatabase::create().await;
-    let mut stores = Vec::new();
-    for _ in 0..STORES {
-        stores.push(
-            PgEventStore::builder()
-                .pool_options(PgPoolOptions::new().max_connections(8))
-                .connect(db.url())
-                .await
-                .unwrap(),
-        );
-    }
+    let stores = instances(&db, STORES, 8).await;
     let conflicts = Arc::new(AtomicU64::new(0));
     let decisions = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);

@@ -12,34 +12,19 @@ use dcb_core::{
     StateMutate, StateQuery, StoreError, Tag,
 };
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
 use dcb_tests::gate::{Gated, ReadGate};
-use sqlx::postgres::PgPoolOptions;
+use dcb_tests::instances::instances;
 use tokio::sync::Barrier;
 
 const STORES: usize = 8;
 const TASKS_PER_STORE: usize = 8;
 const RACERS: usize = STORES * TASKS_PER_STORE;
 
-async fn stores(db: &TestDatabase) -> Vec<PgEventStore> {
-    let mut stores = Vec::new();
-    for _ in 0..STORES {
-        stores.push(
-            PgEventStore::builder()
-                .pool_options(PgPoolOptions::new().max_connections(4))
-                .connect(db.url())
-                .await
-                .expect("store"),
-        );
-    }
-    stores
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_one_of_64_racers_commits_per_round() {
     const ROUNDS: usize = 50;
     let db = TestDatabase::create().await;
-    let stores = stores(&db).await;
+    let stores = instances(&db, STORES, 4).await;
     let started = Instant::now();
     for round in 0..ROUNDS {
         let boundary = Query::tags([Tag::new("seat", round)]);
@@ -207,7 +192,7 @@ async fn decision_makers_never_overbook() {
     const ROUNDS: u32 = 10;
     const CAPACITY: u32 = 5;
     let db = TestDatabase::create().await;
-    let stores = stores(&db).await;
+    let stores = instances(&db, STORES, 4).await;
     let retry = RetryPolicy {
         max_attempts: 200,
         ..RetryPolicy::default()

@@ -11,10 +11,10 @@ use dcb_core::{
 };
 use dcb_postgres::snapshot::PgSnapshotStore;
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
+use dcb_postgres::DEFAULT_SCHEMA;
 use dcb_tests::bank::{balance_of, deposit, key_of, outcome, race_withdrawals, withdraw, Balance};
 use dcb_tests::gate::{Gated, ReadGate};
-use sqlx::postgres::PgPoolOptions;
+use dcb_tests::instances::instances;
 
 async fn snapshot_store(db: &TestDatabase) -> Arc<PgSnapshotStore> {
     let snapshots = PgSnapshotStore::new(db.pool().clone(), DEFAULT_SCHEMA).expect("schema");
@@ -193,12 +193,7 @@ async fn racers_on_several_stores_never_overdraw() {
     };
     let gate = ReadGate::new();
     let mut makers = Vec::new();
-    for _ in 0..STORES {
-        let store = PgEventStore::builder()
-            .pool_options(PgPoolOptions::new().max_connections(4))
-            .connect(db.url())
-            .await
-            .expect("store");
+    for store in instances(&db, STORES, 4).await {
         makers.push(Arc::new(
             DecisionMaker::new(Gated::new(store, gate.clone()))
                 .cache_entries(0)
