@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_core::{EventMetadata, EventRecord, EventType, Tag};
-use dcb_postgres::queue::{JobContext, JobError, JobId, JobState, NewJob, Processor, WorkQueue};
+use dcb_postgres::queue::{
+    JobContext, JobError, JobId, JobState, NewJob, Processor, WorkQueue, WorkersHandle,
+};
 use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
 use queue_support::{job_events, wait_for_state};
 
 const DONE: &str = "CrashJobDone";
@@ -53,6 +56,21 @@ impl Processor for Survivor {
             metadata: EventMetadata::new(),
         }])
     }
+}
+
+/// Workers running [`Survivor`] with a lease of 2 s; returns them and the
+/// count of runs.
+async fn start_survivor(store: &PgEventStore) -> (WorkersHandle, Arc<AtomicU32>) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let workers = store
+        .workers()
+        .register(Survivor { runs: runs.clone() })
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .expect("start survivor");
+    (workers, runs)
 }
 
 struct ChildWorker {
@@ -141,15 +159,7 @@ async fn job_of_a_sigkilled_worker_runs_again_after_its_lease_and_completes_once
         .unwrap_or("")
         .starts_with("child-"));
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let workers = store
-        .workers()
-        .register(Survivor { runs: runs.clone() })
-        .lease(Duration::from_secs(2))
-        .poll_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .expect("start survivor");
+    let (workers, runs) = start_survivor(&store).await;
 
     let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     let took = killed_at.elapsed();
@@ -198,15 +208,7 @@ async fn worker_killed_between_success_event_and_completion_does_not_record_it_t
         "the child recorded success once"
     );
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let workers = store
-        .workers()
-        .register(Survivor { runs: runs.clone() })
-        .lease(Duration::from_secs(2))
-        .poll_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .expect("start survivor");
+    let (workers, runs) = start_survivor(&store).await;
 
     let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     assert!(
