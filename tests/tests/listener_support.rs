@@ -253,8 +253,11 @@ pub async fn spawn_child_with_lines(
     lease_ms: u64,
     listener: &str,
 ) -> (Child, Lines<BufReader<ChildStdout>>) {
-    // Set by cargo for the tests only; the child binary never spawns itself.
-    let exe = option_env!("CARGO_BIN_EXE_listener_child").expect("built as a test of dcb-tests");
+    // Cargo sets it for the integration tests only (this file is also part
+    // of the child binary, which never spawns itself).
+    let Some(exe) = option_env!("CARGO_BIN_EXE_listener_child") else {
+        panic!("only the listener tests of dcb-tests start a listener_child");
+    };
     let mut child = Command::new(exe)
         .args([mode, url, instance, &lease_ms.to_string(), listener])
         .stdin(Stdio::piped())
@@ -287,6 +290,8 @@ pub async fn spawn_child(
 
 /// Where a test reads a listener's status: the runner running it, or an
 /// operator's [`ListenerAdmin`] reading the database.
+// Only these tests call it, awaiting on their own task: no `Send` bound needed.
+#[allow(async_fn_in_trait)]
 pub trait StatusSource {
     async fn status_of(&self, id: &str) -> Result<ListenerStatus, ListenerError>;
 }

@@ -302,7 +302,7 @@ async fn racers_never_overdraw_with_snapshots_on() {
         maker.make(deposit("a1", 5)).await.unwrap();
     }
     gate.arm(RACERS);
-    let tally = race_withdrawals(&[maker.clone()], RACERS, "a1", 7).await;
+    let tally = race_withdrawals(std::slice::from_ref(&maker), RACERS, "a1", 7).await;
     assert_eq!(tally.committed, 100 / 7);
     assert!(
         tally.retries > 0,
