@@ -31,6 +31,7 @@ pub mod bank;
 pub mod contract;
 pub mod gate;
 pub mod instances;
+pub mod read;
 
 /// The workspace README's code, compiled and run as a doctest so the taste it
 /// gives never goes stale.

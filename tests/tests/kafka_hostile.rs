@@ -11,9 +11,10 @@ mod kafka_support;
 
 use std::time::Duration;
 
-use dcb_core::{EventStore, Query, ReadOptions};
+use dcb_core::{Query, ReadOptions};
 use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher};
 use dcb_postgres::testing::TestDatabase;
+use dcb_tests::read::read_all;
 use kafka_support::ledger::{start_credits, CreditMessage, LedgerEventTag};
 use kafka_support::{brokers, create_topic, unique};
 use proptest::prelude::*;
@@ -148,16 +149,12 @@ async fn hostile_messages_never_stall_a_translator() {
         .await
         .expect("dead records readable");
     runner.shutdown().await;
-    let (_, last) = store
-        .read(
-            &Query::tags([LedgerEventTag::Account.of("last")]),
-            ReadOptions::forwards(),
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, last) = read_all(
+        &store,
+        &Query::tags([LedgerEventTag::Account.of("last")]),
+        ReadOptions::forwards(),
+    )
+    .await;
     assert_eq!(last.len(), 1);
     eprintln!(
         "{sent} messages ({good} good): {} decided, {} dead ({} dead records readable), {} retries",

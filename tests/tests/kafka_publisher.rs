@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 mod queue_support;
 
 use dcb_core::Backoff;
-use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions, Tag};
+use dcb_core::{EventMetadata, EventRecord, EventType, Query, ReadOptions, Tag};
 use dcb_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use dcb_kafka::rdkafka::mocking::MockCluster;
 use dcb_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -24,6 +24,7 @@ use dcb_postgres::queue::{
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use dcb_tests::read::read_all;
 use queue_support::wait_for_state;
 
 const PUBLISHED: &str = "CartPublished";
@@ -84,13 +85,7 @@ impl PublishJob for CartPublication {
 }
 
 async fn count(store: &PgEventStore, event_type: &'static str) -> usize {
-    let (_, events) = store
-        .read(&Query::types([event_type]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(store, &Query::types([event_type]), ReadOptions::forwards()).await;
     events.len()
 }
 

@@ -12,6 +12,7 @@ use dcb_core::{
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_tests::instances::instances;
+use dcb_tests::read::read_all;
 
 const STORES: usize = 4;
 const DECIDERS: usize = 32;
@@ -44,13 +45,7 @@ async fn deciders_on_disjoint_boundaries_never_conflict() {
             ]);
             let mut balance = 0u64;
             while Instant::now() < deadline {
-                let (head, events) = store
-                    .read(&boundary, ReadOptions::forwards())
-                    .await
-                    .unwrap()
-                    .collect()
-                    .await
-                    .unwrap();
+                let (head, events) = read_all(&store, &boundary, ReadOptions::forwards()).await;
                 assert_eq!(
                     events.len() as u64,
                     balance,

@@ -14,6 +14,7 @@ use dcb_core::{
 use dcb_postgres::testing::TestDatabase;
 use dcb_tests::gate::{Gated, ReadGate};
 use dcb_tests::instances::instances;
+use dcb_tests::read::read_all;
 use tokio::sync::Barrier;
 
 const STORES: usize = 8;
@@ -36,13 +37,7 @@ async fn exactly_one_of_64_racers_commits_per_round() {
             let boundary = boundary.clone();
             let barrier = barrier.clone();
             tasks.push(tokio::spawn(async move {
-                let (head, events) = store
-                    .read(&boundary, ReadOptions::forwards())
-                    .await
-                    .unwrap()
-                    .collect()
-                    .await
-                    .unwrap();
+                let (head, events) = read_all(&store, &boundary, ReadOptions::forwards()).await;
                 assert!(events.is_empty());
                 barrier.wait().await;
                 let event = EventRecord {
@@ -69,13 +64,7 @@ async fn exactly_one_of_64_racers_commits_per_round() {
             }
         }
         assert_eq!((winners, conflicts), (1, RACERS - 1), "round {round}");
-        let (_, events) = stores[0]
-            .read(&boundary, ReadOptions::forwards())
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let (_, events) = read_all(&stores[0], &boundary, ReadOptions::forwards()).await;
         assert_eq!(events.len(), 1, "round {round}: exactly one event stored");
     }
     let head = stores[0].head().await.unwrap().unwrap();
@@ -250,13 +239,7 @@ async fn decision_makers_never_overbook() {
             "show {show}: {retries} retries: the bookers did not race"
         );
         let state = Bookings { show, booked: 0 };
-        let (_, events) = stores[0]
-            .read(&state.query(), ReadOptions::forwards())
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let (_, events) = read_all(&stores[0], &state.query(), ReadOptions::forwards()).await;
         assert_eq!(
             events.len(),
             CAPACITY as usize,

@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions};
+use dcb_core::{EventMetadata, EventRecord, EventType, Query, ReadOptions};
 use dcb_postgres::queue::{
     ClaimedJob, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor, QueueAdmin,
     WorkQueue,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use dcb_tests::read::read_all;
 use queue_support::wait_for_state;
 
 const DONE: &str = "BatchJobDone";
@@ -200,13 +201,7 @@ async fn reap(queue: &WorkQueue, n: u64) {
 }
 
 async fn done_events(store: &PgEventStore) -> Vec<dcb_core::SequencedEvent> {
-    let (_, events) = store
-        .read(&Query::types([DONE]), ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect()
-        .await
-        .expect("collect");
+    let (_, events) = read_all(store, &Query::types([DONE]), ReadOptions::forwards()).await;
     events
 }
 

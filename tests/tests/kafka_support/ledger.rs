@@ -2,12 +2,13 @@
 //! that a [`Credits`] translator turns into [`Credit`] decisions, which
 //! reject amounts that are not positive.
 
-use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
+use dcb_core::{Decision, Event, Query, ReadOptions};
 use dcb_kafka::{
     KafkaConfig, KafkaMessage, OutgoingMessage, Publisher, Translator, TranslatorHandle,
     TranslatorRunner,
 };
 use dcb_postgres::PgEventStore;
+use dcb_tests::read::read_all;
 
 #[derive(Event, Debug, Clone, PartialEq)]
 pub enum LedgerEvent {
@@ -80,13 +81,7 @@ impl Translator for Credits {
 
 /// How many `Credited` events the store holds.
 pub async fn credited(store: &PgEventStore) -> usize {
-    let (_, events) = store
-        .read(&Query::types(["Credited"]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(store, &Query::types(["Credited"]), ReadOptions::forwards()).await;
     events.len()
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use dcb_core::{EventStore, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use dcb_postgres::queue::{JobId, JobInfo, JobState, QueueAdmin};
+use dcb_tests::read::read_all;
 
 /// How long a job may take to reach a state before the test fails: generous,
 /// so a loaded machine only makes a test slower, never red.
@@ -37,12 +38,6 @@ pub async fn job_events(
     let query = Query::from_items([QueryItem::new()
         .types([event_type])
         .tags([Tag::new("job", id)])]);
-    let (_, events) = store
-        .read(&query, ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect()
-        .await
-        .expect("collect");
+    let (_, events) = read_all(store, &query, ReadOptions::forwards()).await;
     events
 }
