@@ -102,9 +102,9 @@ async fn run_variants(
         db.close_store(store).await?;
         raw.drop(db).await?;
         let (raw, decided) = measured?;
-        let raw_row = row("raw_insert", c, &raw);
+        let raw_row = Row::measured(WORKLOAD, "raw_insert", c, &raw);
         let raw_ops = raw_row.ops_per_s;
-        let mut decided = row("disjoint", c, &decided);
+        let mut decided = Row::measured(WORKLOAD, "disjoint", c, &decided);
         decided.compare_with(raw_ops);
         decided.record_cache(cache);
         say(&format!(
@@ -136,7 +136,7 @@ async fn run_variants(
                 measured.give_ups
             ));
         }
-        let mut r = row("contended", c, &measured);
+        let mut r = Row::measured(WORKLOAD, "contended", c, &measured);
         r.record_cache(cache);
         say(&format!(
             "  {:.0} decisions/s, {:.1}% of attempts conflicted",
@@ -151,23 +151,6 @@ async fn run_variants(
         preloaded(db, args.preload, window, rows).await?;
     }
     Ok(())
-}
-
-fn row(variant: &str, concurrency: usize, m: &Measured) -> Row {
-    Row {
-        workload: WORKLOAD.to_string(),
-        variant: variant.to_string(),
-        concurrency,
-        ops_per_s: m.ops_per_s(),
-        events_per_s: Some(m.events_per_s()),
-        conflict_rate: m.conflict_rate(),
-        p50_ms: m.percentile_ms(0.50),
-        p99_ms: m.percentile_ms(0.99),
-        baseline_ops_per_s: None,
-        ratio: None,
-        cache_hit_rate: None,
-        cache_kib: None,
-    }
 }
 
 /// Turns a decision's result into an outcome; a give-up is an outcome, any
@@ -357,9 +340,9 @@ async fn preloaded(
             |warmup, slice| disjoint(&full_maker, c, warmup, slice),
         )
         .await?;
-        let mut empty_row = row("preloaded_empty", c, &empty_measured);
+        let mut empty_row = Row::measured(WORKLOAD, "preloaded_empty", c, &empty_measured);
         empty_row.record_cache(empty_maker.cache_stats());
-        let mut full_row = row(&format!("preloaded_{n}"), c, &full_measured);
+        let mut full_row = Row::measured(WORKLOAD, &format!("preloaded_{n}"), c, &full_measured);
         full_row.record_cache(full_maker.cache_stats());
         full_row.compare_with(empty_row.ops_per_s);
         say(&format!(

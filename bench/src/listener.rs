@@ -89,6 +89,32 @@ pub fn latency_row(
     }
 }
 
+/// The latency row (concurrency 1) of the messages numbered `sent`, out of
+/// `seen` (each message's number and latency), its p50 and p99 said on
+/// stderr.
+pub fn sent_latency_row(
+    workload: &str,
+    variant: &str,
+    seen: &Mutex<Vec<(u64, Duration)>>,
+    sent: std::ops::Range<u64>,
+    window: Duration,
+) -> Row {
+    let latencies: Vec<Duration> = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(number, _)| sent.contains(number))
+        .map(|(_, l)| *l)
+        .collect();
+    let r = latency_row(workload, variant, 1, latencies, window);
+    say(&format!(
+        "  p50 {:.2} ms, p99 {:.2} ms",
+        r.p50_ms.unwrap_or(0.0),
+        r.p99_ms.unwrap_or(0.0)
+    ));
+    r
+}
+
 struct Noop;
 
 #[async_trait]
@@ -318,18 +344,11 @@ async fn live(store: &PgEventStore, window: Duration) -> Result<Row, String> {
     runner.shutdown().await;
     let (from, to, _) = sent?;
     caught?;
-    let latencies: Vec<Duration> = seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(sent, _)| (from..to).contains(sent))
-        .map(|(_, l)| *l)
-        .collect();
-    let r = latency_row(WORKLOAD, "live_latency", 1, latencies, window);
-    say(&format!(
-        "  p50 {:.2} ms, p99 {:.2} ms",
-        r.p50_ms.unwrap_or(0.0),
-        r.p99_ms.unwrap_or(0.0)
-    ));
-    Ok(r)
+    Ok(sent_latency_row(
+        WORKLOAD,
+        "live_latency",
+        &seen,
+        from..to,
+        window,
+    ))
 }

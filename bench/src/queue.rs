@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::Args;
 use crate::db::Db;
-use crate::listener::{latency_row, throughput_row};
+use crate::listener::{sent_latency_row, throughput_row};
 use crate::ping::{self, Ping};
 use crate::report::Row;
 use crate::runner::WARMUP;
@@ -389,18 +389,11 @@ async fn notify_latency(
     .await;
     workers.shutdown(Duration::from_secs(5)).await;
     let (from, to) = sent?;
-    let latencies: Vec<Duration> = seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(sent, _)| (from..to).contains(sent))
-        .map(|(_, l)| *l)
-        .collect();
-    let r = latency_row(WORKLOAD, "notify_latency", 1, latencies, window);
-    say(&format!(
-        "  p50 {:.2} ms, p99 {:.2} ms",
-        r.p50_ms.unwrap_or(0.0),
-        r.p99_ms.unwrap_or(0.0)
-    ));
-    Ok(r)
+    Ok(sent_latency_row(
+        WORKLOAD,
+        "notify_latency",
+        &seen,
+        from..to,
+        window,
+    ))
 }

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::stats::Measured;
+
 /// One line of the results. Fields that do not apply to a row are `None`
 /// (`null` in JSON, `-` in the table).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,6 +38,24 @@ pub struct Row {
 }
 
 impl Row {
+    /// The row of `m`: its rates, conflict rate and latency percentiles.
+    pub fn measured(workload: &str, variant: &str, concurrency: usize, m: &Measured) -> Row {
+        Row {
+            workload: workload.to_string(),
+            variant: variant.to_string(),
+            concurrency,
+            ops_per_s: m.ops_per_s(),
+            events_per_s: Some(m.events_per_s()),
+            conflict_rate: m.conflict_rate(),
+            p50_ms: m.percentile_ms(0.50),
+            p99_ms: m.percentile_ms(0.99),
+            baseline_ops_per_s: None,
+            ratio: None,
+            cache_hit_rate: None,
+            cache_kib: None,
+        }
+    }
+
     /// Records the decision maker's cache figures.
     pub fn record_cache(&mut self, stats: Option<dcb_core::CacheStats>) {
         if let Some(stats) = stats {

@@ -318,7 +318,7 @@ async fn decisions(
     }
     let baseline = measured[0].ops_per_s();
     for (name, m) in names.iter().zip(&measured) {
-        let mut row = decision_row(name, m);
+        let mut row = Row::measured(WORKLOAD, name, CALLERS, m);
         if *name != names[0] {
             row.compare_with(baseline);
         }
@@ -330,21 +330,4 @@ async fn decisions(
         rows.push(row);
     }
     Ok(())
-}
-
-fn decision_row(variant: &str, m: &Measured) -> Row {
-    Row {
-        workload: WORKLOAD.to_string(),
-        variant: variant.to_string(),
-        concurrency: CALLERS,
-        ops_per_s: m.ops_per_s(),
-        events_per_s: Some(m.events_per_s()),
-        conflict_rate: m.conflict_rate(),
-        p50_ms: m.percentile_ms(0.50),
-        p99_ms: m.percentile_ms(0.99),
-        baseline_ops_per_s: None,
-        ratio: None,
-        cache_hit_rate: None,
-        cache_kib: None,
-    }
 }

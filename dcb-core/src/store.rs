@@ -330,40 +330,33 @@ pub trait EventStoreExt: EventStore {
 
 impl<S: EventStore + ?Sized> EventStoreExt for S {}
 
-#[async_trait]
-impl<S: EventStore + ?Sized> EventStore for Arc<S> {
-    async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
-        (**self).read(query, options).await
-    }
+/// Implements [`EventStore`] for pointers to a store (`Arc<S>`, `&S`):
+/// every method forwards to the store pointed to.
+macro_rules! forward_event_store {
+    ($($pointer:ty),+) => {$(
+        #[async_trait]
+        impl<S: EventStore + ?Sized> EventStore for $pointer {
+            async fn read(
+                &self,
+                query: &Query,
+                options: ReadOptions,
+            ) -> Result<ReadResult, StoreError> {
+                (**self).read(query, options).await
+            }
 
-    async fn append(
-        &self,
-        events: Vec<EventRecord>,
-        condition: Option<AppendCondition>,
-    ) -> Result<AppendResult, StoreError> {
-        (**self).append(events, condition).await
-    }
+            async fn append(
+                &self,
+                events: Vec<EventRecord>,
+                condition: Option<AppendCondition>,
+            ) -> Result<AppendResult, StoreError> {
+                (**self).append(events, condition).await
+            }
 
-    async fn head(&self) -> Result<Option<Position>, StoreError> {
-        (**self).head().await
-    }
+            async fn head(&self) -> Result<Option<Position>, StoreError> {
+                (**self).head().await
+            }
+        }
+    )+};
 }
 
-#[async_trait]
-impl<S: EventStore + ?Sized> EventStore for &S {
-    async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
-        (**self).read(query, options).await
-    }
-
-    async fn append(
-        &self,
-        events: Vec<EventRecord>,
-        condition: Option<AppendCondition>,
-    ) -> Result<AppendResult, StoreError> {
-        (**self).append(events, condition).await
-    }
-
-    async fn head(&self) -> Result<Option<Position>, StoreError> {
-        (**self).head().await
-    }
-}
+forward_event_store!(Arc<S>, &S);

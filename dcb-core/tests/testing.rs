@@ -24,6 +24,11 @@ fn withdraw(account: &str, amount: u64) -> Withdraw {
     }
 }
 
+/// Options carrying idempotency key `key`.
+fn keyed(key: &str) -> MakeOptions {
+    MakeOptions::new().idempotency_key(key)
+}
+
 fn deposit(account: &str, amount: u64) -> Deposit {
     Deposit {
         account: account.into(),
@@ -480,34 +485,22 @@ async fn scenario_tuple_and_stateless_decisions() {
 async fn scenario_idempotency_key_replays() {
     let first = Scenario::new()
         .given([opened("a1", "ann")])
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-1"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-1"))
         .await;
     let position = first.result().unwrap().events[0].position;
     first
         .then([deposited("a1", 5)])
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-1"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-1"))
         .await
         .then_assert(|result| {
             let decided = result.unwrap();
             assert!(decided.replayed);
             assert_eq!(decided.events[0].position, position);
         })
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-1"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-1"))
         .await
         .then_replayed([deposited("a1", 5)])
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-2"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-2"))
         .await
         .then([deposited("a1", 5)]);
 }
@@ -560,10 +553,7 @@ async fn scenario_then_err_fails_on_commit() {
 async fn scenario_then_replayed_fails_on_a_fresh_run() {
     let _ = Scenario::new()
         .given([opened("a1", "ann")])
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-1"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-1"))
         .await
         .then_replayed([deposited("a1", 5)]);
 }
@@ -573,16 +563,10 @@ async fn scenario_then_replayed_fails_on_a_fresh_run() {
 async fn scenario_then_fails_on_a_replay() {
     let _ = Scenario::new()
         .given([opened("a1", "ann")])
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-1"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-1"))
         .await
         .then([deposited("a1", 5)])
-        .when_with(
-            deposit("a1", 5),
-            MakeOptions::new().idempotency_key("req-1"),
-        )
+        .when_with(deposit("a1", 5), keyed("req-1"))
         .await
         .then([deposited("a1", 5)]);
 }

@@ -22,6 +22,17 @@ impl Ctxt {
         self.errors.push(syn::Error::new_spanned(tokens, message));
     }
 
+    /// Records an error spanned on an item's keyword and name (`struct
+    /// Cart`): where a derive given the wrong kind of item points.
+    pub(crate) fn error_on_item<K: ToTokens, M: Display>(
+        &mut self,
+        keyword: K,
+        ident: &syn::Ident,
+        message: M,
+    ) {
+        self.error_spanned_by(quote::quote!(#keyword #ident), message);
+    }
+
     /// Records an error from syn.
     pub(crate) fn syn_error(&mut self, err: syn::Error) {
         self.errors.push(err);

@@ -112,31 +112,19 @@ fn docs(attrs: &[Attribute]) -> Vec<&Attribute> {
     attrs.iter().filter(|a| attr::is(a, "doc")).collect()
 }
 
+/// The error on a struct or union given `#[derive(Event)]`.
+const NEEDS_ENUM: &str = "`#[derive(Event)]` needs an enum: each variant is one event type \
+                          (write `enum MyEvents { Happened { .. }, .. }`)";
+
 fn parse<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<EventEnum<'a>> {
     let data = match &input.data {
         Data::Enum(data) => data,
         Data::Struct(s) => {
-            cx.error_spanned_by(
-                s.struct_token
-                    .to_token_stream()
-                    .into_iter()
-                    .chain(input.ident.to_token_stream())
-                    .collect::<TokenStream>(),
-                "`#[derive(Event)]` needs an enum: each variant is one event type \
-                 (write `enum MyEvents { Happened { .. }, .. }`)",
-            );
+            cx.error_on_item(s.struct_token, &input.ident, NEEDS_ENUM);
             return None;
         }
         Data::Union(u) => {
-            cx.error_spanned_by(
-                u.union_token
-                    .to_token_stream()
-                    .into_iter()
-                    .chain(input.ident.to_token_stream())
-                    .collect::<TokenStream>(),
-                "`#[derive(Event)]` needs an enum: each variant is one event type \
-                 (write `enum MyEvents { Happened { .. }, .. }`)",
-            );
+            cx.error_on_item(u.union_token, &input.ident, NEEDS_ENUM);
             return None;
         }
     };
@@ -647,16 +635,10 @@ fn gen_type_enum(model: &EventEnum<'_>) -> TokenStream {
         .variants
         .iter()
         .map(|v| format!(" [`{parent}::{}`], stored as `{}`.", v.ident, v.type_name));
+    let derives = fieldless_enum_derives();
     quote! {
         #[doc = #doc]
-        #[derive(
-            ::dcb_core::__private::std::clone::Clone,
-            ::dcb_core::__private::std::marker::Copy,
-            ::dcb_core::__private::std::fmt::Debug,
-            ::dcb_core::__private::std::cmp::PartialEq,
-            ::dcb_core::__private::std::cmp::Eq,
-            ::dcb_core::__private::std::hash::Hash
-        )]
+        #derives
         // Generated for every event enum, used or not.
         #[allow(dead_code, clippy::enum_variant_names)]
         #vis enum #ident {
@@ -696,6 +678,22 @@ fn gen_type_enum(model: &EventEnum<'_>) -> TokenStream {
     }
 }
 
+/// `#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]`, through the std
+/// that dcb-core re-exports, for the generated fieldless enums (event types,
+/// tag keys).
+fn fieldless_enum_derives() -> TokenStream {
+    quote! {
+        #[derive(
+            ::dcb_core::__private::std::clone::Clone,
+            ::dcb_core::__private::std::marker::Copy,
+            ::dcb_core::__private::std::fmt::Debug,
+            ::dcb_core::__private::std::cmp::PartialEq,
+            ::dcb_core::__private::std::cmp::Eq,
+            ::dcb_core::__private::std::hash::Hash
+        )]
+    }
+}
+
 /// The enum of the parent's tag keys (`CartEventTag::CartId`), so queries
 /// build tags the compiler checks: `CartEventTag::CartId.of(id)`.
 fn gen_tag_enum(model: &EventEnum<'_>) -> TokenStream {
@@ -718,16 +716,10 @@ fn gen_tag_enum(model: &EventEnum<'_>) -> TokenStream {
         .map(|k| Ident::new(&attr::key_variant(k), Span::call_site()))
         .collect();
     let docs = keys.iter().map(|k| format!(" The tag key `{k}`."));
+    let derives = fieldless_enum_derives();
     quote! {
         #[doc = #doc]
-        #[derive(
-            ::dcb_core::__private::std::clone::Clone,
-            ::dcb_core::__private::std::marker::Copy,
-            ::dcb_core::__private::std::fmt::Debug,
-            ::dcb_core::__private::std::cmp::PartialEq,
-            ::dcb_core::__private::std::cmp::Eq,
-            ::dcb_core::__private::std::hash::Hash
-        )]
+        #derives
         #[allow(dead_code)]
         #vis enum #ident {
             #(#[doc = #docs] #vidents),*

@@ -2,7 +2,7 @@
 //! generate the `StateQuery` impl.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
@@ -64,25 +64,15 @@ fn parse<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<State<'a>> {
             }
         },
         Data::Enum(e) => {
-            cx.error_spanned_by(
-                e.enum_token
-                    .to_token_stream()
-                    .into_iter()
-                    .chain(input.ident.to_token_stream())
-                    .collect::<TokenStream>(),
+            cx.error_on_item(
+                e.enum_token,
+                &input.ident,
                 format!("{NEEDS}; an enum cannot be a state (did you mean `#[derive(Event)]`?)"),
             );
             return None;
         }
         Data::Union(u) => {
-            cx.error_spanned_by(
-                u.union_token
-                    .to_token_stream()
-                    .into_iter()
-                    .chain(input.ident.to_token_stream())
-                    .collect::<TokenStream>(),
-                NEEDS,
-            );
+            cx.error_on_item(u.union_token, &input.ident, NEEDS);
             return None;
         }
     };

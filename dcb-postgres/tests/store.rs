@@ -24,6 +24,21 @@ fn record(ty: &'static str, tags: &[(&str, &str)]) -> EventRecord {
     }
 }
 
+/// Every event of `query` read with `options`, and the head the read saw.
+async fn read_all(
+    store: &impl EventStore,
+    query: &Query,
+    options: ReadOptions,
+) -> (Option<Position>, Vec<dcb_core::SequencedEvent>) {
+    store
+        .read(query, options)
+        .await
+        .expect("read")
+        .collect()
+        .await
+        .expect("collect")
+}
+
 fn positions(events: &[dcb_core::SequencedEvent]) -> Vec<u64> {
     events.iter().map(|e| e.position.0).collect()
 }
@@ -33,13 +48,7 @@ async fn append_read_and_conditions() {
     let db = TestDatabase::create().await;
     let store = db.store().await;
     assert_eq!(store.head().await.unwrap(), None);
-    let (head, events) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, events) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     assert_eq!((head, events.len()), (None, 0));
 
     let mut opened = record("Opened", &[("acc", "1")]);
@@ -62,13 +71,7 @@ async fn append_read_and_conditions() {
         .unwrap();
     assert_eq!(b.first, Position(3));
 
-    let (head, events) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, events) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     assert_eq!(head, Some(Position(3)));
     assert_eq!(
         events[0].record, opened,
@@ -80,13 +83,7 @@ async fn append_read_and_conditions() {
     );
 
     let acc1 = Query::tags([Tag::new("acc", "1")]);
-    let (_, events) = store
-        .read(&acc1, ReadOptions::backwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(&store, &acc1, ReadOptions::backwards()).await;
     assert_eq!(positions(&events), vec![2, 1]);
 
     let mixed = Query::from_items([
@@ -98,13 +95,7 @@ async fn append_read_and_conditions() {
             .types(["Opened"])
             .tags([Tag::new("acc", "2")]),
     ]);
-    let (_, events) = store
-        .read(&mixed, ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(&store, &mixed, ReadOptions::forwards()).await;
     assert_eq!(positions(&events), vec![2, 3]);
 
     let err = store
@@ -138,21 +129,14 @@ async fn append_read_and_conditions() {
         .await
         .unwrap_err();
     assert!(err.is_condition_failed());
-    let (head, events) = store
-        .read(&Query::types(["Opened"]), ReadOptions::forwards().limit(1))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, events) = read_all(
+        &store,
+        &Query::types(["Opened"]),
+        ReadOptions::forwards().limit(1),
+    )
+    .await;
     assert_eq!((head, positions(&events)), (Some(Position(4)), vec![1]));
-    let (_, events) = store
-        .read(&Query::none(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(&store, &Query::none(), ReadOptions::forwards()).await;
     assert!(events.is_empty());
 
     let err = store.append(Vec::new(), None).await.unwrap_err();
@@ -184,22 +168,15 @@ async fn reads_page_through_many_events_in_both_directions() {
             .collect();
         store.append(events, None).await.unwrap();
     }
-    let (head, all) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, all) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     assert_eq!(head, Some(Position(2600)));
     assert!(positions(&all) == (1..=2600).collect::<Vec<_>>());
-    let (_, back) = store
-        .read(&Query::all(), ReadOptions::backwards().from(Position(2500)))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, back) = read_all(
+        &store,
+        &Query::all(),
+        ReadOptions::backwards().from(Position(2500)),
+    )
+    .await;
     assert!(positions(&back) == (1..=2500).rev().collect::<Vec<_>>());
     let even = Query::tags([Tag::new("parity", "even")]);
     let (_, evens) = store
@@ -222,13 +199,7 @@ async fn reads_page_through_many_events_in_both_directions() {
         QueryItem::new().types(["Three"]),
         QueryItem::new().tags([Tag::new("parity", "odd")]),
     ]);
-    let (_, got) = store
-        .read(&threes_or_odd, ReadOptions::backwards().limit(2000))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, got) = read_all(&store, &threes_or_odd, ReadOptions::backwards().limit(2000)).await;
     let expected: Vec<u64> = (1..=2600u64)
         .rev()
         .filter(|p| (p - 1) % 3 == 0 || (p - 1) % 2 == 1)
@@ -295,13 +266,7 @@ async fn duplicate_event_ids_fail_only_their_own_request() {
         }
     }
     assert_eq!(sharers_ok, 1);
-    let (head, all) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, all) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     assert_eq!(head, Some(Position(1 + 1 + 32)));
     assert_eq!(positions(&all), (1..=34).collect::<Vec<_>>());
     db.cleanup().await;
@@ -494,13 +459,12 @@ async fn the_writer_survives_a_failed_batch_and_writes_nothing_of_it() {
         .await
         .unwrap();
     assert_eq!(ok.first, Position(2), "the failed batch took no position");
-    let (_, events) = store
-        .read(&Query::tags([Tag::new("k", "1")]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(
+        &store,
+        &Query::tags([Tag::new("k", "1")]),
+        ReadOptions::forwards(),
+    )
+    .await;
     assert_eq!(
         events
             .iter()
@@ -662,13 +626,7 @@ async fn an_undecodable_payload_names_its_type_and_position() {
         .await
         .unwrap();
     assert_eq!(ok.events[0].position, Position(3));
-    let (_, events) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     assert_eq!(events.len(), 3);
     let stream_count = store
         .read(&Query::all(), ReadOptions::forwards())
@@ -755,13 +713,7 @@ async fn killed_sessions_are_resolved_and_every_outcome_matches_the_log() {
         .append(vec![record("After", &[])], None)
         .await
         .unwrap();
-    let (head, events) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, events) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     assert_eq!(head, Some(last.last));
     assert_eq!(
         positions(&events),
@@ -848,13 +800,7 @@ async fn concurrent_tagged_reads_each_get_exactly_their_events() {
             }
         }
     }
-    let (_, log) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, log) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     let shapes = |b: usize| -> Vec<Query> {
         let tag = Tag::new("box", b);
         vec![
@@ -888,13 +834,7 @@ async fn concurrent_tagged_reads_each_get_exactly_their_events() {
             _ => ReadOptions::forwards().from(Position(2)).limit(1200),
         };
         tasks.push(tokio::spawn(async move {
-            let (head, events) = store
-                .read(&query, options)
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let (head, events) = read_all(&store, &query, options).await;
             (query, options, head, events)
         }));
     }

@@ -27,8 +27,11 @@
 //! dcb_tests::store_contract_tests!(async { TestDatabase::create().await.into_store().await });
 //! ```
 
+pub mod bank;
 pub mod contract;
 pub mod gate;
+pub mod instances;
+pub mod read;
 
 /// The workspace README's code, compiled and run as a doctest so the taste it
 /// gives never goes stale.

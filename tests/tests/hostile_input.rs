@@ -11,6 +11,7 @@ use dcb_core::{
     StoreError, Tag,
 };
 use dcb_postgres::testing::TestDatabase;
+use dcb_tests::read::read_all;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -154,13 +155,7 @@ fn run_cases<S: EventStore + 'static>(store: Arc<S>, cases: u32) -> (u32, u32) {
 async fn hostile_text_in_memory() {
     let store = Arc::new(InMemoryEventStore::new());
     let (tried, _) = run_cases(store.clone(), 256);
-    let (head, _) = store
-        .read(&Query::none(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, _) = read_all(&store, &Query::none(), ReadOptions::forwards()).await;
     eprintln!("in memory: {tried} hostile appends tried, log head {head:?}");
 }
 

@@ -11,77 +11,15 @@ mod kafka_support;
 
 use std::time::Duration;
 
-use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
-use dcb_kafka::{
-    KafkaConfig, KafkaMessage, OutgoingMessage, Publisher, Translator, TranslatorRunner,
-};
+use dcb_core::{Query, ReadOptions};
+use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher};
 use dcb_postgres::testing::TestDatabase;
+use dcb_tests::read::read_all;
+use kafka_support::ledger::{start_credits, CreditMessage, LedgerEventTag};
 use kafka_support::{brokers, create_topic, unique};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum LedgerEvent {
-    Credited {
-        #[id]
-        account: String,
-        amount: i64,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("amount must be positive, got {0}")]
-struct NotPositive(i64);
-
-struct Credit {
-    account: String,
-    amount: i64,
-}
-
-impl Decision for Credit {
-    type Event = LedgerEvent;
-    type StateQuery = ();
-    type Error = NotPositive;
-
-    fn state_query(&self) {}
-
-    fn process(&self, _: &()) -> Result<Vec<LedgerEvent>, NotPositive> {
-        if self.amount <= 0 {
-            return Err(NotPositive(self.amount));
-        }
-        Ok(vec![LedgerEvent::Credited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CreditMessage {
-    account: String,
-    amount: i64,
-}
-
-struct Credits {
-    topic: String,
-}
-
-impl Translator for Credits {
-    type Decision = Credit;
-
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
-    }
-}
 
 /// One message to send: its key and payload, and whether it is a good
 /// credit (then it must be decided).
@@ -167,13 +105,7 @@ async fn hostile_messages_never_stall_a_translator() {
             .expect("publish to the test broker");
     }
     let good = messages.iter().filter(|m| m.good).count() as u64;
-    let runner = TranslatorRunner::new(config.clone(), unique("dcb-hostile-group"), store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, &unique("dcb-hostile-group"), &store, &topic).await;
     let sent = messages.len() as u64;
     let stats = runner
         .wait_for_messages(sent, Duration::from_secs(180))
@@ -217,16 +149,12 @@ async fn hostile_messages_never_stall_a_translator() {
         .await
         .expect("dead records readable");
     runner.shutdown().await;
-    let (_, last) = store
-        .read(
-            &Query::tags([LedgerEventTag::Account.of("last")]),
-            ReadOptions::forwards(),
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, last) = read_all(
+        &store,
+        &Query::tags([LedgerEventTag::Account.of("last")]),
+        ReadOptions::forwards(),
+    )
+    .await;
     assert_eq!(last.len(), 1);
     eprintln!(
         "{sent} messages ({good} good): {} decided, {} dead ({} dead records readable), {} retries",

@@ -7,8 +7,10 @@
 
 use std::time::{Duration, Instant};
 
+mod queue_support;
+
 use dcb_core::Backoff;
-use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions, Tag};
+use dcb_core::{EventMetadata, EventRecord, EventType, Query, ReadOptions, Tag};
 use dcb_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use dcb_kafka::rdkafka::mocking::MockCluster;
 use dcb_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -18,10 +20,12 @@ use dcb_kafka::{
     TransactionalPublisher,
 };
 use dcb_postgres::queue::{
-    JobContext, JobError, JobFailure, JobId, JobState, NewJob, WorkQueue, Workers,
+    JobContext, JobError, JobFailure, JobId, JobState, NewJob, WorkQueue, Workers, WorkersHandle,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use dcb_tests::read::read_all;
+use queue_support::wait_for_state;
 
 const PUBLISHED: &str = "CartPublished";
 const FAILED: &str = "CartPublicationFailed";
@@ -81,13 +85,7 @@ impl PublishJob for CartPublication {
 }
 
 async fn count(store: &PgEventStore, event_type: &'static str) -> usize {
-    let (_, events) = store
-        .read(&Query::types([event_type]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (_, events) = read_all(store, &Query::types([event_type]), ReadOptions::forwards()).await;
     events.len()
 }
 
@@ -105,22 +103,51 @@ async fn setup() -> Setup {
     Setup { db, store, queue }
 }
 
-async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState, within: Duration) -> u32 {
-    let start = Instant::now();
-    loop {
-        let job = queue.admin().job(id).await.unwrap().expect("job exists");
-        if job.state == state {
-            return job.attempt;
-        }
-        assert!(
-            start.elapsed() < within,
-            "job still {:?} after {within:?} (attempt {}, last error {:?})",
-            job.state,
-            job.attempt,
-            job.last_error
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+impl Setup {
+    /// Enqueues the publication of `cart_id` to the `carts` topic, retried
+    /// for `retry_for`.
+    async fn enqueue(&self, cart_id: &str, retry_for: Duration) -> JobId {
+        let job = NewJob::new(
+            CartPublication::KIND,
+            &PublishCart {
+                topic: "carts".into(),
+                cart_id: cart_id.into(),
+            },
+        )
+        .unwrap()
+        .retry_for(retry_for);
+        let id = job.id();
+        self.queue.enqueue(self.db.pool(), &job).await.unwrap();
+        id
     }
+
+    /// Workers publishing through `publisher`, retrying after 100 ms and at
+    /// most `max_backoff` apart.
+    async fn workers(&self, publisher: Publisher, max_backoff: Duration) -> WorkersHandle {
+        Workers::new(self.queue.clone(), self.store.clone())
+            .register(PublishProcessor::new(publisher, CartPublication))
+            .backoff(Backoff::new(Duration::from_millis(100), max_backoff))
+            .poll_interval(Duration::from_millis(100))
+            .start()
+            .await
+            .unwrap()
+    }
+
+    /// The attempts job `id` took to reach `state` (waiting up to a minute).
+    async fn attempts_to(&self, id: JobId, state: JobState) -> u32 {
+        wait_for_state(&self.queue.admin(), id, state).await.attempt
+    }
+}
+
+/// `n` messages to the `ledger` topic, keyed `k0`, `k1`, ...
+fn ledger_batch(n: usize) -> Vec<OutgoingMessage> {
+    (0..n)
+        .map(|i| {
+            OutgoingMessage::new("ledger")
+                .key(format!("k{i}"))
+                .payload("{}")
+        })
+        .collect()
 }
 
 fn messages_in(bootstrap: &str, topic: &str) -> usize {
@@ -162,27 +189,8 @@ async fn broker_down_retries_with_backoff_and_records_the_success_once_when_it_r
     let config = KafkaConfig::new(cluster.bootstrap_servers()).option("message.timeout.ms", "500");
     let publisher = Publisher::new(&config).unwrap();
 
-    let job = NewJob::new(
-        CartPublication::KIND,
-        &PublishCart {
-            topic: "carts".into(),
-            cart_id: "c1".into(),
-        },
-    )
-    .unwrap()
-    .retry_for(Duration::from_secs(600));
-    let id = job.id();
-    s.queue.enqueue(s.db.pool(), &job).await.unwrap();
-    let workers = Workers::new(s.queue.clone(), s.store.clone())
-        .register(PublishProcessor::new(publisher, CartPublication))
-        .backoff(Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_millis(400),
-        ))
-        .poll_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let id = s.enqueue("c1", Duration::from_secs(600)).await;
+    let workers = s.workers(publisher, Duration::from_millis(400)).await;
 
     // Several attempts fail while the broker is down.
     let start = Instant::now();
@@ -206,7 +214,7 @@ async fn broker_down_retries_with_backoff_and_records_the_success_once_when_it_r
     assert_eq!(count(&s.store, PUBLISHED).await, 0);
 
     cluster.broker_up(1).unwrap();
-    let attempts = wait_for_state(&s.queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
+    let attempts = s.attempts_to(id, JobState::Succeeded).await;
     assert!(attempts >= 3, "{attempts}");
     workers.shutdown(Duration::from_secs(5)).await;
     assert_eq!(count(&s.store, PUBLISHED).await, 1, "success event once");
@@ -225,28 +233,9 @@ async fn broker_down_past_the_deadline_records_the_failure_once() {
     let config = KafkaConfig::new(cluster.bootstrap_servers()).option("message.timeout.ms", "300");
     let publisher = Publisher::new(&config).unwrap();
 
-    let job = NewJob::new(
-        CartPublication::KIND,
-        &PublishCart {
-            topic: "carts".into(),
-            cart_id: "c2".into(),
-        },
-    )
-    .unwrap()
-    .retry_for(Duration::from_secs(2));
-    let id = job.id();
-    s.queue.enqueue(s.db.pool(), &job).await.unwrap();
-    let workers = Workers::new(s.queue.clone(), s.store.clone())
-        .register(PublishProcessor::new(publisher, CartPublication))
-        .backoff(Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_millis(300),
-        ))
-        .poll_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
-    let attempts = wait_for_state(&s.queue, id, JobState::Dead, Duration::from_secs(30)).await;
+    let id = s.enqueue("c2", Duration::from_secs(2)).await;
+    let workers = s.workers(publisher, Duration::from_millis(300)).await;
+    let attempts = s.attempts_to(id, JobState::Dead).await;
     assert!(attempts >= 2, "{attempts}");
     // The broker coming back changes nothing for a dead job.
     cluster.broker_up(1).unwrap();
@@ -291,13 +280,7 @@ async fn transactional_publisher_commits_batches_atomically() {
     let publisher = TransactionalPublisher::new(&config, "dcb-test-worker-0")
         .await
         .unwrap();
-    let batch: Vec<OutgoingMessage> = (0..5)
-        .map(|i| {
-            OutgoingMessage::new("ledger")
-                .key(format!("k{i}"))
-                .payload("{}")
-        })
-        .collect();
+    let batch = ledger_batch(5);
     let deliveries = publisher.send_all(&batch).await.unwrap();
     assert_eq!(deliveries.len(), 5);
     let deliveries = publisher.send_all(&batch[..2]).await.unwrap();
@@ -324,13 +307,7 @@ async fn transactional_publisher_aborts_a_failed_batch() {
     let publisher = TransactionalPublisher::new(&config, "dcb-test-abort")
         .await
         .unwrap();
-    let batch: Vec<OutgoingMessage> = (0..3)
-        .map(|i| {
-            OutgoingMessage::new("ledger")
-                .key(format!("k{i}"))
-                .payload("{}")
-        })
-        .collect();
+    let batch = ledger_batch(3);
     publisher.send_all(&batch).await.unwrap();
     // The broker refuses the next produce request for good.
     cluster.request_errors(

@@ -9,137 +9,21 @@
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`) and a
 //! broker (`KAFKA_BROKERS`; `scripts/tansu.sh start`).
 
+mod kafka_support;
+
 use std::time::Duration;
 
-use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
 use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use dcb_kafka::rdkafka::client::DefaultClientContext;
 use dcb_kafka::rdkafka::ClientConfig;
 use dcb_kafka::{
-    DeadKind, KafkaConfig, KafkaError, KafkaMessage, OutgoingMessage, Publisher, Translator,
-    TranslatorRunner,
+    DeadKind, KafkaConfig, KafkaError, KafkaMessage, Publisher, Translator, TranslatorRunner,
 };
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
-
-fn brokers() -> String {
-    match std::env::var("KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => b,
-        _ => panic!(
-            "these tests need a Kafka broker: set KAFKA_BROKERS or run scripts/tansu.sh start \
-             (export KAFKA_BROKERS=\"$(scripts/tansu.sh start)\")"
-        ),
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topic");
-    for result in results {
-        result.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
-    }
-}
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum LedgerEvent {
-    Credited {
-        #[id]
-        account: String,
-        amount: i64,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("amount must be positive, got {0}")]
-struct NotPositive(i64);
-
-struct Credit {
-    account: String,
-    amount: i64,
-}
-
-impl Decision for Credit {
-    type Event = LedgerEvent;
-    type StateQuery = ();
-    type Error = NotPositive;
-
-    fn state_query(&self) {}
-
-    fn process(&self, _: &()) -> Result<Vec<LedgerEvent>, NotPositive> {
-        if self.amount <= 0 {
-            return Err(NotPositive(self.amount));
-        }
-        Ok(vec![LedgerEvent::Credited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CreditMessage {
-    account: String,
-    amount: i64,
-}
-
-struct Credits {
-    topic: String,
-}
-
-impl Translator for Credits {
-    type Decision = Credit;
-
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
-    }
-}
-
-async fn credited(store: &PgEventStore) -> usize {
-    let (_, events) = store
-        .read(&Query::types(["Credited"]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    events.len()
-}
-
-async fn publish(publisher: &Publisher, topic: &str, key: &str, payload: Vec<u8>) {
-    publisher
-        .send(OutgoingMessage::new(topic).key(key).payload(payload))
-        .await
-        .expect("publish to the test broker");
-}
-
-fn credit(account: &str, amount: i64) -> Vec<u8> {
-    serde_json::to_vec(&CreditMessage {
-        account: account.into(),
-        amount,
-    })
-    .unwrap()
-}
+use kafka_support::ledger::{
+    credit, credit_from, credited, publish, start_credits, Credit, Credits,
+};
+use kafka_support::{brokers, create_topic, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_nothing() {
@@ -162,13 +46,7 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
     futures::future::join_all(sends).await;
 
     let group = unique("dcb-credits-group");
-    let runner = TranslatorRunner::new(config.clone(), &group, store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, &group, &store, &topic).await;
     let stats = runner
         .wait_for_messages(1000, Duration::from_secs(120))
         .await;
@@ -180,13 +58,7 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
 
     // Replay: a new group starts at the earliest offset, so every message
     // comes again; each decision is recognised by its idempotency key.
-    let replay = TranslatorRunner::new(config.clone(), unique("dcb-replay"), store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let replay = start_credits(&config, &unique("dcb-replay"), &store, &topic).await;
     let stats = replay
         .wait_for_messages(1000, Duration::from_secs(120))
         .await;
@@ -201,13 +73,7 @@ async fn a_thousand_messages_make_a_thousand_decisions_and_a_replay_appends_noth
     // group would read again if its offsets had not been committed; once
     // the three are decided, nothing else may have come (a redelivery would
     // be counted as a duplicate, since its decision is deduped).
-    let again = TranslatorRunner::new(config.clone(), &group, store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let again = start_credits(&config, &group, &store, &topic).await;
     for partition in 0..3 {
         publish_to(&config, &topic, partition, credit("after-restart", 1)).await;
     }
@@ -255,13 +121,7 @@ async fn garbage_and_rejected_messages_are_recorded_dead_and_the_partition_moves
     publish(&publisher, &topic, "c", credit("c", -3)).await;
     publish(&publisher, &topic, "d", credit("d", 7)).await;
 
-    let runner = TranslatorRunner::new(config, unique("dcb-garbage-group"), store.clone())
-        .add(Credits {
-            topic: topic.clone(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, &unique("dcb-garbage-group"), &store, &topic).await;
     let stats = runner.wait_for_messages(4, Duration::from_secs(60)).await;
     let dead = runner.dead_messages(10).await.unwrap();
     runner.shutdown().await;
@@ -307,14 +167,11 @@ impl Translator for PickyCredits {
     }
 
     fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        if m.account.starts_with('\0') {
-            return Err(format!("invalid account {}", m.account));
+        let credit = credit_from(message)?;
+        if credit.account.starts_with('\0') {
+            return Err(format!("invalid account {}", credit.account));
         }
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
+        Ok(credit)
     }
 }
 
@@ -457,14 +314,7 @@ async fn a_topic_created_again_is_read_from_its_start_and_its_records_are_new() 
     publish(&publisher, &topic, "a", credit("a", 1)).await;
     publish(&publisher, &topic, "g", b"garbage".to_vec()).await;
     publish(&publisher, &topic, "a", credit("a", 2)).await;
-    let start = || {
-        TranslatorRunner::new(config.clone(), &group, store.clone())
-            .add(Credits {
-                topic: topic.clone(),
-            })
-            .start()
-    };
-    let runner = start().await.unwrap();
+    let runner = start_credits(&config, &group, &store, &topic).await;
     let stats = runner.wait_for_messages(3, Duration::from_secs(60)).await;
     runner.shutdown().await;
     assert_eq!((stats.decided, stats.dead), (2, 1), "{stats:?}");
@@ -477,7 +327,7 @@ async fn a_topic_created_again_is_read_from_its_start_and_its_records_are_new() 
     // does when it loses its assignment to a broker that came back empty).
     commit_offset(&brokers, &group, &topic, 3);
 
-    let runner = start().await.unwrap();
+    let runner = start_credits(&config, &group, &store, &topic).await;
     let stats = runner.wait_for_messages(2, Duration::from_secs(90)).await;
     let dead = runner.dead_messages(10).await.unwrap();
     runner.shutdown().await;

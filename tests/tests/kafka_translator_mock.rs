@@ -4,103 +4,14 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod kafka_support;
+
 use std::time::Duration;
 
-use dcb_core::{Decision, Event, EventStore, Query, ReadOptions};
 use dcb_kafka::rdkafka::mocking::MockCluster;
-use dcb_kafka::{
-    DeadKind, KafkaConfig, KafkaMessage, OutgoingMessage, Publisher, Translator, TranslatorRunner,
-};
+use dcb_kafka::{DeadKind, KafkaConfig, Publisher};
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum LedgerEvent {
-    Credited {
-        #[id]
-        account: String,
-        amount: i64,
-    },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("amount must be positive, got {0}")]
-struct NotPositive(i64);
-
-struct Credit {
-    account: String,
-    amount: i64,
-}
-
-impl Decision for Credit {
-    type Event = LedgerEvent;
-    type StateQuery = ();
-    type Error = NotPositive;
-
-    fn state_query(&self) {}
-
-    fn process(&self, _: &()) -> Result<Vec<LedgerEvent>, NotPositive> {
-        if self.amount <= 0 {
-            return Err(NotPositive(self.amount));
-        }
-        Ok(vec![LedgerEvent::Credited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CreditMessage {
-    account: String,
-    amount: i64,
-}
-
-struct Credits {
-    topic: String,
-}
-
-impl Translator for Credits {
-    type Decision = Credit;
-
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn translate(&self, message: &KafkaMessage<'_>) -> Result<Credit, String> {
-        let m: CreditMessage = message.json()?;
-        Ok(Credit {
-            account: m.account,
-            amount: m.amount,
-        })
-    }
-}
-
-async fn credited(store: &PgEventStore) -> usize {
-    let (_, events) = store
-        .read(&Query::types(["Credited"]), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    events.len()
-}
-
-async fn publish(publisher: &Publisher, topic: &str, key: &str, payload: Vec<u8>) {
-    publisher
-        .send(OutgoingMessage::new(topic).key(key).payload(payload))
-        .await
-        .expect("publish to the test broker");
-}
-
-fn credit(account: &str, amount: i64) -> Vec<u8> {
-    serde_json::to_vec(&CreditMessage {
-        account: account.into(),
-        amount,
-    })
-    .unwrap()
-}
+use kafka_support::ledger::{credit, credited, publish, start_credits};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn translator_carries_on_after_the_broker_comes_back() {
@@ -115,13 +26,7 @@ async fn translator_carries_on_after_the_broker_comes_back() {
     }
     publish(&publisher, "credits", "g", b"garbage".to_vec()).await;
 
-    let runner = TranslatorRunner::new(config, "mock-group", store.clone())
-        .add(Credits {
-            topic: "credits".into(),
-        })
-        .start()
-        .await
-        .unwrap();
+    let runner = start_credits(&config, "mock-group", &store, "credits").await;
     let stats = runner.wait_for_messages(6, Duration::from_secs(60)).await;
     assert_eq!(stats.decided, 5, "{stats:?}");
     assert_eq!(stats.dead, 1, "{stats:?}");

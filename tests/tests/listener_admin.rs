@@ -11,7 +11,6 @@
 #[path = "listener_support.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,16 +19,23 @@ use async_trait::async_trait;
 use dcb_core::{BoxError, EventStore, Listener, Position, Query, Sequenced, TransactionalListener};
 use dcb_postgres::listener::{
     Backoff, DeliveryMode, ListenerAdmin, ListenerError, ListenerOptions, ListenerState,
-    ListenerStatus, PgTransaction, RequestState, RunnerConfig,
+    PgTransaction, RequestState, RunnerConfig,
 };
 use dcb_postgres::testing::TestDatabase;
 use sqlx::PgPool;
-use support::TestEvent;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{spawn_child, wait_for_status, TestEvent, WAIT};
 
 const POISON: u64 = 7;
-const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls often and retries quickly, so failures park or block soon.
+fn quick_retries() -> RunnerConfig {
+    RunnerConfig::default()
+        .poll_interval(Duration::from_millis(100))
+        .backoff(Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(50),
+        ))
+}
 
 /// An admin on a pool of its own: nothing shared with the runners.
 async fn admin(db: &TestDatabase) -> ListenerAdmin {
@@ -39,53 +45,12 @@ async fn admin(db: &TestDatabase) -> ListenerAdmin {
         .requested_by("test operator")
 }
 
-/// Waits (up to a minute) until `id`'s status, as the admin reads it,
-/// satisfies `done`.
-async fn wait_for_status(
-    admin: &ListenerAdmin,
-    id: &str,
-    what: &str,
-    done: impl Fn(&ListenerStatus) -> bool,
-) -> ListenerStatus {
-    let until = Instant::now() + WAIT;
-    loop {
-        match admin.status(id).await {
-            Ok(status) if done(&status) => return status,
-            Ok(status) => assert!(Instant::now() < until, "{id} never {what}: {status:?}"),
-            Err(ListenerError::UnknownListener(_)) => {
-                assert!(Instant::now() < until, "{id} never started");
-            }
-            Err(e) => panic!("status of {id}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn spawn_child(url: &str, instance: &str, listener: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
-        .args(["tx", url, instance, "2000", listener])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn listener_child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("child ready in time")
-        .expect("read child stdout");
-    assert_eq!(ready.as_deref(), Some("ready"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_asked_through_the_database_runs_on_the_leader_in_another_process() {
     let db = TestDatabase::create().await;
     let store = db.store().await;
     support::create_projection(db.pool()).await;
-    let mut child = spawn_child(db.url(), "child", "tick-counter").await;
+    let mut child = spawn_child("tx", db.url(), "child", 2000, "tick-counter").await;
     let batch: Vec<_> = (1..=300)
         .map(|n| {
             if n % 6 == 0 {
@@ -271,14 +236,7 @@ async fn one_parked_event_is_retried_and_a_blocking_one_skipped_through_the_data
     let handled = Arc::new(Mutex::new(Vec::new()));
     let runner = store
         .listeners()
-        .config(
-            RunnerConfig::default()
-                .poll_interval(Duration::from_millis(100))
-                .backoff(Backoff::new(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
-                )),
-        )
+        .config(quick_retries())
         .at_least_once_with(
             Flaky {
                 broken: flaky_broken.clone(),
@@ -295,11 +253,7 @@ async fn one_parked_event_is_retried_and_a_blocking_one_skipped_through_the_data
         .start()
         .await
         .unwrap();
-    let head = store
-        .append((1..=20).map(support::tick).collect(), None)
-        .await
-        .unwrap()
-        .last;
+    let head = support::append_ticks(&store, 1..=20).await;
     let admin = admin(&db).await;
 
     // The at-least-once listener parks the event and moves on.
@@ -445,14 +399,7 @@ async fn a_permanent_failure_parks_the_event_unless_the_listener_chooses_to_bloc
         .unwrap();
     let runner = store
         .listeners()
-        .config(
-            RunnerConfig::default()
-                .poll_interval(Duration::from_millis(100))
-                .backoff(Backoff::new(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
-                )),
-        )
+        .config(quick_retries())
         .transactional(Texts { id: "texts" })
         .transactional_with(
             Texts { id: "stubborn" },
@@ -461,11 +408,7 @@ async fn a_permanent_failure_parks_the_event_unless_the_listener_chooses_to_bloc
         .start()
         .await
         .unwrap();
-    let head = store
-        .append((1..=20).map(support::tick).collect(), None)
-        .await
-        .unwrap()
-        .last;
+    let head = support::append_ticks(&store, 1..=20).await;
     let admin = admin(&db).await;
 
     // The default: a few attempts, then the event is parked and every other
@@ -535,23 +478,12 @@ async fn an_error_text_postgres_cannot_store_still_parks_its_event() {
     let store = db.store().await;
     let runner = store
         .listeners()
-        .config(
-            RunnerConfig::default()
-                .poll_interval(Duration::from_millis(100))
-                .backoff(Backoff::new(
-                    Duration::from_millis(20),
-                    Duration::from_millis(50),
-                )),
-        )
+        .config(quick_retries())
         .at_least_once_with(Quoting, ListenerOptions::park_after(2))
         .start()
         .await
         .unwrap();
-    let head = store
-        .append((1..=10).map(support::tick).collect(), None)
-        .await
-        .unwrap()
-        .last;
+    let head = support::append_ticks(&store, 1..=10).await;
     runner
         .wait_until_timeout("quoting", head, WAIT)
         .await

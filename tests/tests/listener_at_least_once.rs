@@ -8,15 +8,13 @@
 #[path = "listener_support.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use dcb_core::EventStore;
 use dcb_postgres::testing::TestDatabase;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::spawn_child_with_lines;
+use tokio::process::Child;
 use tokio::task::JoinHandle;
 
 const RUNS: usize = 8;
@@ -24,20 +22,7 @@ const LISTENER: &str = "tick-printer";
 
 /// A child and the task collecting the positions it prints.
 async fn spawn_child(url: &str, instance: &str) -> (Child, JoinHandle<Vec<i64>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
-        .args(["alo", url, instance, "600", LISTENER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn listener_child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("child ready in time")
-        .expect("read child stdout");
-    assert_eq!(ready.as_deref(), Some("ready"));
+    let (child, mut lines) = spawn_child_with_lines("alo", url, instance, 600, LISTENER).await;
     let seen = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -55,30 +40,7 @@ async fn at_least_once_listener_sees_every_event_in_order_across_sigkills() {
     let db = TestDatabase::create().await;
     let store = db.store().await;
     let stop = Arc::new(AtomicBool::new(false));
-    let appended = Arc::new(Mutex::new(0u64));
-    let appender = {
-        let store = store.clone();
-        let stop = stop.clone();
-        let appended = appended.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let batch: Vec<_> = (0..fastrand::usize(1..6))
-                    .map(|_| {
-                        n += 1;
-                        if fastrand::u8(..3) == 0 {
-                            support::tock(n)
-                        } else {
-                            support::tick(n)
-                        }
-                    })
-                    .collect();
-                store.append(batch, None).await.expect("append");
-                *appended.lock().unwrap() = n;
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
-            }
-        })
-    };
+    let appender = support::spawn_appender(store.clone(), stop.clone());
 
     let mut runs: Vec<Vec<i64>> = Vec::new();
     for run in 0..RUNS {
@@ -96,14 +58,9 @@ async fn at_least_once_listener_sees_every_event_in_order_across_sigkills() {
     }
     stop.store(true, Ordering::SeqCst);
     appender.await.unwrap();
-    let head = support::head(db.pool()).await;
 
     let (mut child, seen) = spawn_child(db.url(), "final").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while support::checkpoint(db.pool(), LISTENER).await < head {
-        assert!(Instant::now() < deadline, "the listener did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_caught_up(db.pool(), LISTENER).await;
     drop(child.stdin.take());
     child.wait().await.unwrap();
     runs.push(seen.await.unwrap());

@@ -8,37 +8,15 @@
 #[path = "listener_support.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dcb_core::EventStore;
 use dcb_postgres::testing::TestDatabase;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::spawn_child;
 
 const RUNS: usize = 10;
 const LISTENER: &str = "tick-counter";
-
-async fn spawn_child(url: &str, instance: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
-        .args(["tx", url, instance, "600", LISTENER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn listener_child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("child ready in time")
-        .expect("read child stdout");
-    assert_eq!(ready.as_deref(), Some("ready"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
 
 /// Count, ticks up to the checkpoint, and duplicate rows, read in one
 /// snapshot (a batch the killed child sent its commit for may still commit
@@ -60,31 +38,11 @@ async fn transactional_projection_is_exactly_once_across_sigkills() {
     support::create_projection(db.pool()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let appender = {
-        let store = store.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let batch: Vec<_> = (0..fastrand::usize(1..6))
-                    .map(|_| {
-                        n += 1;
-                        if fastrand::u8(..3) == 0 {
-                            support::tock(n)
-                        } else {
-                            support::tick(n)
-                        }
-                    })
-                    .collect();
-                store.append(batch, None).await.expect("append");
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..6))).await;
-            }
-        })
-    };
+    let appender = support::spawn_appender(store.clone(), stop.clone());
 
     let mut progressed = 0;
     for run in 0..RUNS {
-        let mut child = spawn_child(db.url(), &format!("killed-{run}")).await;
+        let mut child = spawn_child("tx", db.url(), &format!("killed-{run}"), 600, LISTENER).await;
         tokio::time::sleep(Duration::from_millis(fastrand::u64(700..1600))).await;
         child.start_kill().expect("SIGKILL");
         child.wait().await.expect("reap");
@@ -98,14 +56,9 @@ async fn transactional_projection_is_exactly_once_across_sigkills() {
 
     stop.store(true, Ordering::SeqCst);
     appender.await.unwrap();
-    let head = support::head(db.pool()).await;
 
-    let mut child = spawn_child(db.url(), "final").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while support::checkpoint(db.pool(), LISTENER).await < head {
-        assert!(Instant::now() < deadline, "the projection did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = spawn_child("tx", db.url(), "final", 600, LISTENER).await;
+    support::wait_caught_up(db.pool(), LISTENER).await;
     drop(child.stdin.take());
     tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await

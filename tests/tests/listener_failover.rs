@@ -8,40 +8,17 @@
 #[path = "listener_support.rs"]
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dcb_core::EventStore;
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{spawn_child, WAIT};
 
 const LISTENER: &str = "tick-counter";
 const LEASE_MS: u64 = 1000;
 /// A lease longer than any wait of the test: only a release frees it.
 const LONG_LEASE_MS: u64 = 600_000;
-/// How long the test waits for any state.
-const WAIT: Duration = Duration::from_secs(60);
-
-async fn spawn_child(url: &str, instance: &str, lease_ms: u64) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_listener_child"))
-        .args(["tx", url, instance, &lease_ms.to_string(), LISTENER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn listener_child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("child ready in time")
-        .expect("read child stdout");
-    assert_eq!(ready.as_deref(), Some("ready"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
 
 async fn owner(pool: &sqlx::PgPool) -> Option<String> {
     sqlx::query_scalar(
@@ -77,15 +54,6 @@ async fn append_ticks(store: &PgEventStore, from: u64, n: u64) {
     }
 }
 
-async fn caught_up(pool: &sqlx::PgPool, within: Duration) {
-    let head = support::head(pool).await;
-    let started = Instant::now();
-    while support::checkpoint(pool, LISTENER).await < head {
-        assert!(started.elapsed() < within, "the listener did not catch up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Instances in the order they handled events, with consecutive repeats
 /// collapsed.
 async fn handover_sequence(pool: &sqlx::PgPool) -> Vec<String> {
@@ -110,13 +78,13 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
     support::create_projection(db.pool()).await;
     let pool = db.pool();
 
-    let mut a = spawn_child(db.url(), "a", LEASE_MS).await;
+    let mut a = spawn_child("tx", db.url(), "a", LEASE_MS, LISTENER).await;
     wait_for_owner(pool, "a", WAIT).await;
     // b holds a lease only a release can end early.
-    let mut b = spawn_child(db.url(), "b", LONG_LEASE_MS).await;
+    let mut b = spawn_child("tx", db.url(), "b", LONG_LEASE_MS, LISTENER).await;
 
     append_ticks(&store, 0, 200).await;
-    caught_up(pool, WAIT).await;
+    support::wait_caught_up(pool, LISTENER).await;
     assert_eq!(
         handover_sequence(pool).await,
         ["a"],
@@ -135,7 +103,7 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
     let takeover = wait_for_owner(pool, "b", WAIT).await;
     eprintln!("b took over {takeover:?} after a was killed");
     appender.await.unwrap();
-    caught_up(pool, WAIT).await;
+    support::wait_caught_up(pool, LISTENER).await;
     // One leader at a time, whatever the machine's speed: b handled nothing
     // before a's last event (b waited for a's lease to run out).
     let (last_by_a, first_by_b): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
@@ -154,7 +122,7 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
 
     // A graceful shutdown releases the lease: the standby takes over at once,
     // not after b's ten-minute lease.
-    let mut c = spawn_child(db.url(), "c", LEASE_MS).await;
+    let mut c = spawn_child("tx", db.url(), "c", LEASE_MS, LISTENER).await;
     drop(b.stdin.take());
     tokio::time::timeout(WAIT, b.wait())
         .await
@@ -163,7 +131,7 @@ async fn one_leader_at_a_time_and_failover_on_kill() {
     let takeover = wait_for_owner(pool, "c", WAIT).await;
     eprintln!("c took over {takeover:?} after b shut down");
     append_ticks(&store, 500, 100).await;
-    caught_up(pool, WAIT).await;
+    support::wait_caught_up(pool, LISTENER).await;
     assert_eq!(handover_sequence(pool).await, ["a", "b", "c"]);
 
     // Every tick exactly once.

@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dcb_core::{BoxError, EventStore, Listener, Position, Query, Sequenced, TransactionalListener};
+use dcb_core::{BoxError, Listener, Position, Query, Sequenced, TransactionalListener};
 use dcb_postgres::listener::{
-    Backoff, ListenerOptions, ListenerState, ListenerStatus, PgTransaction, RunnerConfig,
-    RunnerHandle,
+    Backoff, ListenerOptions, ListenerState, PgTransaction, RunnerConfig,
 };
 use dcb_postgres::testing::TestDatabase;
-use support::TestEvent;
+use support::{wait_for_status, TestEvent};
 
 const POISON: u64 = 13;
 
@@ -28,24 +27,6 @@ fn config() -> RunnerConfig {
         .batch_size(8)
         .poll_interval(Duration::from_millis(100))
         .backoff(Backoff::new(Duration::from_millis(50), Duration::from_millis(200)).jitter(0.0))
-}
-
-/// Waits (up to 30 s) until `id`'s status satisfies `done`; returns it.
-async fn wait_for_status(
-    runner: &RunnerHandle,
-    id: &str,
-    what: &str,
-    done: impl Fn(&ListenerStatus) -> bool,
-) -> ListenerStatus {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = runner.status(id).await.unwrap();
-        if done(&status) {
-            return status;
-        }
-        assert!(Instant::now() < until, "{id} never {what}: {status:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[derive(Default)]
@@ -94,12 +75,9 @@ async fn poison_event_is_retried_with_backoff_then_parked() {
         .await
         .expect("start");
 
-    let appended = store
-        .append((1..=30).map(support::tick).collect(), None)
-        .await
-        .unwrap();
+    let head = support::append_ticks(&store, 1..=30).await;
     runner
-        .wait_until_timeout("picky", appended.last, Duration::from_secs(30))
+        .wait_until_timeout("picky", head, Duration::from_secs(30))
         .await
         .expect("the listener moves past the poison event");
 
@@ -133,7 +111,7 @@ async fn poison_event_is_retried_with_backoff_then_parked() {
     })
     .await;
     assert_eq!(status.parked, 1);
-    assert_eq!(status.position, Some(appended.last));
+    assert_eq!(status.position, Some(head));
     assert_eq!(status.lag, 0);
     assert_eq!(status.attempts, 0);
     assert!(status.leading_here);
@@ -167,13 +145,7 @@ impl TransactionalListener<PgTransaction> for Fragile {
         event: Sequenced<TestEvent>,
     ) -> Result<(), BoxError> {
         // Write first, so a failure must roll the write back.
-        sqlx::query("UPDATE tick_count SET n = n + 1 WHERE id = 1")
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO tick_seen (position, instance) VALUES ($1, 'here')")
-            .bind(event.position.0 as i64)
-            .execute(&mut **tx)
-            .await?;
+        support::count_tick(tx, event.position, "here").await?;
         if event.event == TestEvent::Tick(POISON) && self.broken.load(Ordering::SeqCst) {
             return Err("read model constraint violated".into());
         }
@@ -197,10 +169,7 @@ async fn blocking_transactional_listener_waits_on_the_event_and_shows_it() {
         .await
         .expect("start");
 
-    let appended = store
-        .append((1..=30).map(support::tick).collect(), None)
-        .await
-        .unwrap();
+    let head = support::append_ticks(&store, 1..=30).await;
     runner
         .wait_until_timeout("fragile", Position(POISON - 1), Duration::from_secs(30))
         .await
@@ -224,7 +193,7 @@ async fn blocking_transactional_listener_waits_on_the_event_and_shows_it() {
     // Fixed: it carries on, and the failed attempts left nothing behind.
     broken.store(false, Ordering::SeqCst);
     runner
-        .wait_until_timeout("fragile", appended.last, Duration::from_secs(30))
+        .wait_until_timeout("fragile", head, Duration::from_secs(30))
         .await
         .expect("recovers");
     assert_eq!(support::tick_count(db.pool()).await, 30);

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dcb_core::{EventStore, Query, ReadOptions};
+use dcb_core::{Query, ReadOptions};
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use dcb_tests::read::read_all;
 
 struct Run {
     child: Child,
@@ -149,13 +150,7 @@ async fn killed_appenders_leave_a_gapless_log_of_whole_batches() {
     let conflicts = lines.iter().filter(|l| l.starts_with("CONFLICT")).count();
 
     let store = PgEventStore::connect(db.url()).await.unwrap();
-    let (head, events) = store
-        .read(&Query::all(), ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let (head, events) = read_all(&store, &Query::all(), ReadOptions::forwards()).await;
     let head = head.expect("something was appended").0;
     // No gaps; the head is the last position.
     for (i, e) in events.iter().enumerate() {

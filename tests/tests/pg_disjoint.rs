@@ -11,8 +11,8 @@ use dcb_core::{
     StoreError, Tag,
 };
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
-use sqlx::postgres::PgPoolOptions;
+use dcb_tests::instances::instances;
+use dcb_tests::read::read_all;
 
 const STORES: usize = 4;
 const DECIDERS: usize = 32;
@@ -24,16 +24,7 @@ async fn deciders_on_disjoint_boundaries_never_conflict() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let db = TestDatabase::create().await;
-    let mut stores = Vec::new();
-    for _ in 0..STORES {
-        stores.push(
-            PgEventStore::builder()
-                .pool_options(PgPoolOptions::new().max_connections(8))
-                .connect(db.url())
-                .await
-                .unwrap(),
-        );
-    }
+    let stores = instances(&db, STORES, 8).await;
     let conflicts = Arc::new(AtomicU64::new(0));
     let decisions = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -54,13 +45,7 @@ async fn deciders_on_disjoint_boundaries_never_conflict() {
             ]);
             let mut balance = 0u64;
             while Instant::now() < deadline {
-                let (head, events) = store
-                    .read(&boundary, ReadOptions::forwards())
-                    .await
-                    .unwrap()
-                    .collect()
-                    .await
-                    .unwrap();
+                let (head, events) = read_all(&store, &boundary, ReadOptions::forwards()).await;
                 assert_eq!(
                     events.len() as u64,
                     balance,

@@ -10,8 +10,8 @@ use dcb_core::{
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use dcb_tests::instances::instances;
 use futures::TryStreamExt;
-use sqlx::postgres::PgPoolOptions;
 
 const STORES: usize = 4;
 const WRITERS: usize = 32;
@@ -29,16 +29,7 @@ fn event(writer: usize, n: usize) -> EventRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tailing_reader_sees_every_committed_event_once_in_order() {
     let db = TestDatabase::create().await;
-    let mut stores = Vec::new();
-    for _ in 0..STORES {
-        stores.push(
-            PgEventStore::builder()
-                .pool_options(PgPoolOptions::new().max_connections(8))
-                .connect(db.url())
-                .await
-                .unwrap(),
-        );
-    }
+    let stores = instances(&db, STORES, 8).await;
     let started = Instant::now();
     let mut writers = Vec::new();
     for writer in 0..WRITERS {

@@ -12,34 +12,20 @@ use dcb_core::{
     StateMutate, StateQuery, StoreError, Tag,
 };
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::PgEventStore;
 use dcb_tests::gate::{Gated, ReadGate};
-use sqlx::postgres::PgPoolOptions;
+use dcb_tests::instances::instances;
+use dcb_tests::read::read_all;
 use tokio::sync::Barrier;
 
 const STORES: usize = 8;
 const TASKS_PER_STORE: usize = 8;
 const RACERS: usize = STORES * TASKS_PER_STORE;
 
-async fn stores(db: &TestDatabase) -> Vec<PgEventStore> {
-    let mut stores = Vec::new();
-    for _ in 0..STORES {
-        stores.push(
-            PgEventStore::builder()
-                .pool_options(PgPoolOptions::new().max_connections(4))
-                .connect(db.url())
-                .await
-                .expect("store"),
-        );
-    }
-    stores
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_one_of_64_racers_commits_per_round() {
     const ROUNDS: usize = 50;
     let db = TestDatabase::create().await;
-    let stores = stores(&db).await;
+    let stores = instances(&db, STORES, 4).await;
     let started = Instant::now();
     for round in 0..ROUNDS {
         let boundary = Query::tags([Tag::new("seat", round)]);
@@ -51,13 +37,7 @@ async fn exactly_one_of_64_racers_commits_per_round() {
             let boundary = boundary.clone();
             let barrier = barrier.clone();
             tasks.push(tokio::spawn(async move {
-                let (head, events) = store
-                    .read(&boundary, ReadOptions::forwards())
-                    .await
-                    .unwrap()
-                    .collect()
-                    .await
-                    .unwrap();
+                let (head, events) = read_all(&store, &boundary, ReadOptions::forwards()).await;
                 assert!(events.is_empty());
                 barrier.wait().await;
                 let event = EventRecord {
@@ -84,13 +64,7 @@ async fn exactly_one_of_64_racers_commits_per_round() {
             }
         }
         assert_eq!((winners, conflicts), (1, RACERS - 1), "round {round}");
-        let (_, events) = stores[0]
-            .read(&boundary, ReadOptions::forwards())
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let (_, events) = read_all(&stores[0], &boundary, ReadOptions::forwards()).await;
         assert_eq!(events.len(), 1, "round {round}: exactly one event stored");
     }
     let head = stores[0].head().await.unwrap().unwrap();
@@ -207,7 +181,7 @@ async fn decision_makers_never_overbook() {
     const ROUNDS: u32 = 10;
     const CAPACITY: u32 = 5;
     let db = TestDatabase::create().await;
-    let stores = stores(&db).await;
+    let stores = instances(&db, STORES, 4).await;
     let retry = RetryPolicy {
         max_attempts: 200,
         ..RetryPolicy::default()
@@ -265,13 +239,7 @@ async fn decision_makers_never_overbook() {
             "show {show}: {retries} retries: the bookers did not race"
         );
         let state = Bookings { show, booked: 0 };
-        let (_, events) = stores[0]
-            .read(&state.query(), ReadOptions::forwards())
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let (_, events) = read_all(&stores[0], &state.query(), ReadOptions::forwards()).await;
         assert_eq!(
             events.len(),
             CAPACITY as usize,

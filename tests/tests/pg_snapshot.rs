@@ -6,161 +6,15 @@
 use std::sync::Arc;
 
 use dcb_core::{
-    Decided, Decision, DecisionError, DecisionMaker, DecisionState, Event, EventStore,
-    InMemoryEventStore, MakeOptions, Position, RetryPolicy, Snapshot, SnapshotStore, Snapshotted,
-    StateMutate, StateQuery, StoredSnapshot,
+    DecisionMaker, InMemoryEventStore, MakeOptions, Position, RetryPolicy, Snapshot, SnapshotStore,
+    StoredSnapshot,
 };
 use dcb_postgres::snapshot::PgSnapshotStore;
 use dcb_postgres::testing::TestDatabase;
-use dcb_postgres::{PgEventStore, DEFAULT_SCHEMA};
+use dcb_postgres::DEFAULT_SCHEMA;
+use dcb_tests::bank::{balance_of, deposit, key_of, outcome, race_withdrawals, withdraw, Balance};
 use dcb_tests::gate::{Gated, ReadGate};
-use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum BankEvent {
-    Deposited {
-        #[id]
-        account: String,
-        amount: u64,
-    },
-    Withdrawn {
-        #[id]
-        account: String,
-        amount: u64,
-    },
-}
-
-#[derive(StateQuery, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[state_query(BankEvent)]
-struct Balance {
-    #[id]
-    account: String,
-    balance: u64,
-    operations: u64,
-}
-
-impl Balance {
-    fn new(account: &str) -> Self {
-        Balance {
-            account: account.into(),
-            balance: 0,
-            operations: 0,
-        }
-    }
-}
-
-impl StateMutate for Balance {
-    fn mutate(&mut self, event: BankEvent) {
-        match event {
-            BankEvent::Deposited { amount, .. } => self.balance += amount,
-            BankEvent::Withdrawn { amount, .. } => self.balance -= amount,
-        }
-        self.operations += 1;
-    }
-}
-
-impl Snapshot for Balance {}
-
-#[derive(Debug, PartialEq, thiserror::Error)]
-enum BankError {
-    #[error("insufficient funds: balance {balance} after {operations} operations")]
-    InsufficientFunds { balance: u64, operations: u64 },
-}
-
-struct Deposit {
-    account: String,
-    amount: u64,
-}
-
-impl Decision for Deposit {
-    type Event = BankEvent;
-    type StateQuery = Snapshotted<Balance>;
-    type Error = BankError;
-
-    fn state_query(&self) -> Snapshotted<Balance> {
-        Snapshotted::new(Balance::new(&self.account))
-    }
-
-    fn process(&self, _: &Snapshotted<Balance>) -> Result<Vec<BankEvent>, BankError> {
-        Ok(vec![BankEvent::Deposited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-struct Withdraw {
-    account: String,
-    amount: u64,
-}
-
-impl Decision for Withdraw {
-    type Event = BankEvent;
-    type StateQuery = Snapshotted<Balance>;
-    type Error = BankError;
-
-    fn state_query(&self) -> Snapshotted<Balance> {
-        Snapshotted::new(Balance::new(&self.account))
-    }
-
-    fn process(&self, state: &Snapshotted<Balance>) -> Result<Vec<BankEvent>, BankError> {
-        if state.balance < self.amount {
-            return Err(BankError::InsufficientFunds {
-                balance: state.balance,
-                operations: state.operations,
-            });
-        }
-        Ok(vec![BankEvent::Withdrawn {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-fn deposit(account: &str, amount: u64) -> Deposit {
-    Deposit {
-        account: account.into(),
-        amount,
-    }
-}
-
-fn withdraw(account: &str, amount: u64) -> Withdraw {
-    Withdraw {
-        account: account.into(),
-        amount,
-    }
-}
-
-async fn balance_of<S: EventStore>(maker: &DecisionMaker<S>, account: &str) -> (u64, u64) {
-    match maker.make(withdraw(account, u64::MAX)).await {
-        Err(DecisionError::Rejected(BankError::InsufficientFunds {
-            balance,
-            operations,
-        })) => (balance, operations),
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
-
-fn key_of(account: &str) -> String {
-    Snapshotted::new(Balance::new(account))
-        .snapshot_key()
-        .expect("a snapshotted state has a key")
-}
-
-fn outcome(result: Result<Decided<BankEvent>, DecisionError<BankError>>) -> String {
-    match result {
-        Ok(decided) => format!(
-            "ok {:?}",
-            decided
-                .events
-                .iter()
-                .map(|e| (e.position, e.event.clone()))
-                .collect::<Vec<_>>()
-        ),
-        Err(e) => format!("err {e}"),
-    }
-}
+use dcb_tests::instances::instances;
 
 async fn snapshot_store(db: &TestDatabase) -> Arc<PgSnapshotStore> {
     let snapshots = PgSnapshotStore::new(db.pool().clone(), DEFAULT_SCHEMA).expect("schema");
@@ -339,12 +193,7 @@ async fn racers_on_several_stores_never_overdraw() {
     };
     let gate = ReadGate::new();
     let mut makers = Vec::new();
-    for _ in 0..STORES {
-        let store = PgEventStore::builder()
-            .pool_options(PgPoolOptions::new().max_connections(4))
-            .connect(db.url())
-            .await
-            .expect("store");
+    for store in instances(&db, STORES, 4).await {
         makers.push(Arc::new(
             DecisionMaker::new(Gated::new(store, gate.clone()))
                 .cache_entries(0)
@@ -356,36 +205,13 @@ async fn racers_on_several_stores_never_overdraw() {
         makers[0].make(deposit("a1", 5)).await.unwrap();
     }
     gate.arm(RACERS);
-    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
-    let mut tasks = Vec::new();
-    for racer in 0..RACERS {
-        let maker = makers[racer % STORES].clone();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            maker.make(withdraw("a1", 7)).await
-        }));
-    }
-    let (mut committed, mut retries, mut from_snapshot) = (0, 0, 0);
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(decided) => {
-                committed += 1;
-                retries += decided.attempts - 1;
-                from_snapshot += usize::from(decided.snapshot.is_some());
-            }
-            Err(DecisionError::Rejected(BankError::InsufficientFunds { balance, .. })) => {
-                assert!(balance < 7)
-            }
-            Err(e) => panic!("unexpected: {e}"),
-        }
-    }
-    assert_eq!(committed, 100 / 7);
+    let tally = race_withdrawals(&makers, RACERS, "a1", 7).await;
+    assert_eq!(tally.committed, 100 / 7);
     assert!(
-        retries > 0,
+        tally.retries > 0,
         "no append condition failed: the racers did not race"
     );
-    assert!(from_snapshot > 0, "no racer started from a snapshot");
+    assert!(tally.from_snapshot > 0, "no racer started from a snapshot");
     assert_eq!(balance_of(&makers[1], "a1").await, (100 % 7, 20 + 14));
     let plain = DecisionMaker::new(db.store().await);
     assert_eq!(balance_of(&plain, "a1").await, (100 % 7, 20 + 14));

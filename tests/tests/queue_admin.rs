@@ -8,19 +8,19 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dcb_postgres::queue::{
-    JobContext, JobError, JobFilter, JobId, JobInfo, JobState, NewJob, Processor, QueueAdmin,
-    QueueError,
+    JobContext, JobError, JobFilter, JobId, JobState, NewJob, Processor, QueueAdmin, QueueError,
 };
 use dcb_postgres::testing::TestDatabase;
+use queue_support::{wait_for_state, WAIT};
 use sqlx::PgPool;
-
-const WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Op {
@@ -68,18 +68,6 @@ fn op(name: &str) -> NewJob {
         ..Op::default()
     })
     .unwrap()
-}
-
-async fn wait(admin: &QueueAdmin, id: JobId, state: JobState) -> JobInfo {
-    let until = Instant::now() + WAIT;
-    loop {
-        let job = admin.job(id).await.unwrap().expect("job exists");
-        if job.state == state {
-            return job;
-        }
-        assert!(Instant::now() < until, "job never reached {state}: {job:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// An admin on a pool of its own: nothing shared with the workers.
@@ -141,10 +129,10 @@ async fn operators_list_count_redrive_and_cancel_through_the_database() {
         .unwrap()
         .unwrap();
     for id in &fine {
-        wait(&admin, *id, JobState::Succeeded).await;
+        wait_for_state(&admin, *id, JobState::Succeeded).await;
     }
     for id in &doomed {
-        wait(&admin, *id, JobState::Dead).await;
+        wait_for_state(&admin, *id, JobState::Dead).await;
     }
 
     let dead = admin
@@ -203,14 +191,14 @@ async fn operators_list_count_redrive_and_cancel_through_the_database() {
     // workers carry them out.
     ops.healed.store(true, Ordering::SeqCst);
     assert!(admin.redrive(doomed[0]).await.unwrap());
-    let done = wait(&admin, doomed[0], JobState::Succeeded).await;
+    let done = wait_for_state(&admin, doomed[0], JobState::Succeeded).await;
     assert_eq!(done.attempt, 1);
     assert!(
         !admin.redrive(doomed[0]).await.unwrap(),
         "not dead any more"
     );
     assert_eq!(admin.redrive_all_dead(None).await.unwrap(), 1);
-    wait(&admin, doomed[1], JobState::Succeeded).await;
+    wait_for_state(&admin, doomed[1], JobState::Succeeded).await;
     assert_eq!(admin.redrive_all_dead(None).await.unwrap(), 0);
 
     // Cancelled: nothing waits for a worker any more.
@@ -324,7 +312,7 @@ async fn hostile_text_is_refused_at_enqueue_or_stored_escaped() {
         .start()
         .await
         .unwrap();
-    let dead = wait(&admin, hostile, JobState::Dead).await;
+    let dead = wait_for_state(&admin, hostile, JobState::Dead).await;
     let error = dead.last_error.unwrap();
     assert!(error.starts_with("bad uuid \\0 yyy"), "{}", &error[..40]);
     assert!(error.len() <= dcb_postgres::text::MAX_TEXT_BYTES);
@@ -341,7 +329,7 @@ async fn hostile_text_is_refused_at_enqueue_or_stored_escaped() {
     let year = chrono::Duration::days(364);
     assert!(waiting.run_at > chrono::Utc::now() + year, "{waiting:?}");
     // With a deadline, such a retry comes too late: the job dies.
-    wait(&admin, bounded, JobState::Dead).await;
+    wait_for_state(&admin, bounded, JobState::Dead).await;
     workers.shutdown(Duration::from_secs(5)).await;
     store.shutdown().await;
     db.cleanup().await;

@@ -5,19 +5,23 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions};
+use dcb_core::{EventMetadata, EventRecord, EventType, Query, ReadOptions};
 use dcb_postgres::queue::{
     ClaimedJob, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor, QueueAdmin,
     WorkQueue,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use dcb_tests::read::read_all;
+use queue_support::wait_for_state;
 
 const DONE: &str = "BatchJobDone";
 
@@ -196,26 +200,8 @@ async fn reap(queue: &WorkQueue, n: u64) {
     assert_eq!(reaped, n);
 }
 
-async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState) -> JobInfo {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = info(queue, id).await;
-        if job.state == state {
-            return job;
-        }
-        assert!(Instant::now() < until, "job never reached {state}: {job:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn done_events(store: &PgEventStore) -> Vec<dcb_core::SequencedEvent> {
-    let (_, events) = store
-        .read(&Query::types([DONE]), ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect()
-        .await
-        .expect("collect");
+    let (_, events) = read_all(store, &Query::types([DONE]), ReadOptions::forwards()).await;
     events
 }
 
@@ -464,7 +450,7 @@ async fn batch_heartbeats_keep_the_leases_of_many_long_jobs() {
     let two = start(batcher.clone()).await.unwrap();
     let mut began = Vec::new();
     for id in &ids {
-        wait_for_state(&queue, *id, JobState::Running).await;
+        wait_for_state(&queue.admin(), *id, JobState::Running).await;
         began.push(chrono::Utc::now());
     }
     let outlived = *began.iter().max().unwrap() + chrono::Duration::milliseconds(5_000);
@@ -476,7 +462,7 @@ async fn batch_heartbeats_keep_the_leases_of_many_long_jobs() {
     }
     batcher.gate.send_replace(true);
     for id in &ids {
-        let done = wait_for_state(&queue, *id, JobState::Succeeded).await;
+        let done = wait_for_state(&queue.admin(), *id, JobState::Succeeded).await;
         assert_eq!(done.attempt, 1, "{done:?}");
         assert_eq!(batcher.runs_of(*id), vec![1]);
     }
@@ -512,7 +498,7 @@ async fn a_lease_lost_while_running_cancels_the_attempt() {
         .start()
         .await
         .unwrap();
-    wait_for_state(&queue, id, JobState::Running).await;
+    wait_for_state(&queue.admin(), id, JobState::Running).await;
     while batcher.runs_of(id).is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

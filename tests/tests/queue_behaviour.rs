@@ -5,6 +5,8 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,8 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dcb_core::Backoff;
 use dcb_core::{
-    EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions,
-    SequencedEvent, Tag,
+    EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions, SequencedEvent, Tag,
 };
 use dcb_postgres::queue::{
     JobContext, JobError, JobFailure, JobFilter, JobId, JobInfo, JobState, NewJob, Processor,
@@ -21,6 +22,7 @@ use dcb_postgres::queue::{
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use queue_support::{job_events, wait_for_state};
 
 const SUCCEEDED: &str = "TaskSucceeded";
 const FAILED: &str = "TaskFailed";
@@ -209,30 +211,11 @@ impl Env {
     }
 
     async fn wait(&self, id: JobId, state: JobState) -> JobInfo {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let job = self.admin.job(id).await.expect("read").expect("exists");
-            if job.state == state {
-                return job;
-            }
-            assert!(Instant::now() < until, "job never reached {state}: {job:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_state(&self.admin, id, state).await
     }
 
     async fn events(&self, event_type: &'static str, id: JobId) -> Vec<SequencedEvent> {
-        let query = Query::from_items([QueryItem::new()
-            .types([event_type])
-            .tags([Tag::new("job", id)])]);
-        let (_, events) = self
-            .store
-            .read(&query, ReadOptions::forwards())
-            .await
-            .expect("read")
-            .collect()
-            .await
-            .expect("collect");
-        events
+        job_events(&self.store, event_type, id).await
     }
 
     async fn finish(self, workers: WorkersHandle) {

@@ -4,6 +4,8 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dcb_core::{EventMetadata, EventRecord, EventStore, EventType, Query, ReadOptions, Tag};
+use dcb_core::{EventMetadata, EventRecord, EventType, Tag};
 use dcb_postgres::queue::{
-    JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor, WorkQueue,
+    JobContext, JobError, JobId, JobState, NewJob, Processor, WorkQueue, WorkersHandle,
 };
 use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
+use queue_support::{job_events, wait_for_state};
 
 const DONE: &str = "CrashJobDone";
 
@@ -52,6 +56,21 @@ impl Processor for Survivor {
             metadata: EventMetadata::new(),
         }])
     }
+}
+
+/// Workers running [`Survivor`] with a lease of 2 s; returns them and the
+/// count of runs.
+async fn start_survivor(store: &PgEventStore) -> (WorkersHandle, Arc<AtomicU32>) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let workers = store
+        .workers()
+        .register(Survivor { runs: runs.clone() })
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .expect("start survivor");
+    (workers, runs)
 }
 
 struct ChildWorker {
@@ -100,45 +119,6 @@ impl Drop for ChildWorker {
     }
 }
 
-async fn wait_for_state(
-    queue: &WorkQueue,
-    id: JobId,
-    state: JobState,
-    timeout: Duration,
-) -> JobInfo {
-    let until = Instant::now() + timeout;
-    loop {
-        let job = queue
-            .admin()
-            .job(id)
-            .await
-            .expect("read job")
-            .expect("job exists");
-        if job.state == state {
-            return job;
-        }
-        assert!(
-            Instant::now() < until,
-            "job did not reach {state} within {timeout:?}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn done_events(store: &impl EventStore, id: JobId) -> usize {
-    let query = Query::from_items([dcb_core::QueryItem::new()
-        .types([DONE])
-        .tags([Tag::new("job", id)])]);
-    let (_, events) = store
-        .read(&query, ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect()
-        .await
-        .expect("collect");
-    events.len()
-}
-
 async fn setup() -> (TestDatabase, WorkQueue, JobId) {
     let db = TestDatabase::create().await;
     let queue = WorkQueue::new(db.pool().clone(), "dcb").expect("schema");
@@ -179,17 +159,9 @@ async fn job_of_a_sigkilled_worker_runs_again_after_its_lease_and_completes_once
         .unwrap_or("")
         .starts_with("child-"));
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let workers = store
-        .workers()
-        .register(Survivor { runs: runs.clone() })
-        .lease(Duration::from_secs(2))
-        .poll_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .expect("start survivor");
+    let (workers, runs) = start_survivor(&store).await;
 
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     let took = killed_at.elapsed();
     // The lease (2 s) was renewed at most 500 ms before the kill; the job
     // must not run again before it expires, and should soon after.
@@ -209,7 +181,7 @@ async fn job_of_a_sigkilled_worker_runs_again_after_its_lease_and_completes_once
     let report = workers.shutdown(Duration::from_secs(5)).await;
     assert_eq!(report.released, 0);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
     store.shutdown().await;
     db.cleanup().await;
 }
@@ -231,22 +203,14 @@ async fn worker_killed_between_success_event_and_completion_does_not_record_it_t
     let before = queue.admin().job(id).await.unwrap().unwrap();
     assert_eq!(before.state, JobState::Running, "{before:?}");
     assert_eq!(
-        done_events(&store, id).await,
+        job_events(&store, DONE, id).await.len(),
         1,
         "the child recorded success once"
     );
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let workers = store
-        .workers()
-        .register(Survivor { runs: runs.clone() })
-        .lease(Duration::from_secs(2))
-        .poll_interval(Duration::from_millis(100))
-        .start()
-        .await
-        .expect("start survivor");
+    let (workers, runs) = start_survivor(&store).await;
 
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     assert!(
         killed_at.elapsed() >= Duration::from_millis(1200),
         "ran again too early"
@@ -254,7 +218,7 @@ async fn worker_killed_between_success_event_and_completion_does_not_record_it_t
     assert_eq!(done.attempt, 2, "{done:?}");
     // `run` is at least once (it ran again), the success event exactly once.
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
 
     workers.shutdown(Duration::from_secs(5)).await;
     store.shutdown().await;

@@ -5,19 +5,21 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dcb_core::{
-    EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions, Tag,
-};
+use dcb_core::{EventMetadata, EventRecord, EventType, Tag};
 use dcb_postgres::queue::{
     append_once, AppendOnce, JobContext, JobError, JobId, JobInfo, JobState, NewJob, Processor,
-    QueueError, WorkQueue, Workers,
+    QueueError, WorkQueue, Workers, WorkersHandle,
 };
 use dcb_postgres::testing::TestDatabase;
+use dcb_postgres::PgEventStore;
+use queue_support::{job_events, wait_for_state};
 use tokio::sync::watch;
 
 const DONE: &str = "FenceJobDone";
@@ -66,43 +68,6 @@ impl Processor for Fence {
     }
 }
 
-async fn wait_for_state(
-    queue: &WorkQueue,
-    id: JobId,
-    state: JobState,
-    timeout: Duration,
-) -> JobInfo {
-    let until = Instant::now() + timeout;
-    loop {
-        let job = queue
-            .admin()
-            .job(id)
-            .await
-            .expect("read job")
-            .expect("job exists");
-        if job.state == state {
-            return job;
-        }
-        assert!(
-            Instant::now() < until,
-            "job did not reach {state} within {timeout:?}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn done_events(store: &impl EventStore, id: JobId) -> usize {
-    let query = Query::from_items([QueryItem::new().types([DONE]).tags([Tag::new("job", id)])]);
-    let (_, events) = store
-        .read(&query, ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect()
-        .await
-        .expect("collect");
-    events.len()
-}
-
 async fn setup() -> (TestDatabase, WorkQueue, JobId) {
     let db = TestDatabase::create().await;
     let queue = WorkQueue::new(db.pool().clone(), "dcb").expect("schema");
@@ -116,6 +81,33 @@ async fn setup() -> (TestDatabase, WorkQueue, JobId) {
         .expect("enqueue")
         .expect("not a duplicate");
     (db, queue, id)
+}
+
+/// Starts workers as `second-worker` (a lease of 5 s) and checks that they
+/// complete job `id` as its attempt 2, recording its success event once;
+/// returns them, their count of runs and the completed job.
+async fn second_worker_completes(
+    queue: &WorkQueue,
+    store: &PgEventStore,
+    id: JobId,
+) -> (WorkersHandle, Arc<AtomicU32>, JobInfo) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let workers = Workers::new(queue.clone(), store.clone())
+        .register(Fence {
+            runs: runs.clone(),
+            gate: None,
+        })
+        .worker_id("second-worker")
+        .lease(Duration::from_secs(5))
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .expect("start second worker");
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
+    assert_eq!(done.attempt, 2);
+    assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
+    (workers, runs, done)
 }
 
 /// The protocol level: worker 1 claims, pauses past its lease; worker 2
@@ -147,23 +139,8 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
     // Worker 1 "pauses" past its lease.
     tokio::time::sleep(Duration::from_millis(700)).await;
 
-    let runs = Arc::new(AtomicU32::new(0));
-    let workers = Workers::new(queue.clone(), store.clone())
-        .register(Fence {
-            runs: runs.clone(),
-            gate: None,
-        })
-        .worker_id("second-worker")
-        .lease(Duration::from_secs(5))
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
-    assert_eq!(done.attempt, 2);
-    assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
+    let (workers, runs, _) = second_worker_completes(&queue, &store, id).await;
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(done_events(&store, id).await, 1);
 
     // Worker 1 wakes up and tries to finish its attempt.
     let late = queue.complete(&first).await;
@@ -208,7 +185,7 @@ async fn late_completion_of_a_worker_that_lost_its_lease_is_rejected() {
             .map(|e| e.contains("lease expired")),
         Some(true)
     );
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
 
     workers.shutdown(Duration::from_secs(5)).await;
     store.shutdown().await;
@@ -240,28 +217,13 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         .start()
         .await
         .expect("start first worker");
-    let running = wait_for_state(&queue, id, JobState::Running, Duration::from_secs(30)).await;
+    let running = wait_for_state(&queue.admin(), id, JobState::Running).await;
     assert_eq!(running.locked_by.as_deref(), Some("first-worker"));
     while first_runs.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let second_runs = Arc::new(AtomicU32::new(0));
-    let second = Workers::new(queue.clone(), store.clone())
-        .register(Fence {
-            runs: second_runs.clone(),
-            gate: None,
-        })
-        .worker_id("second-worker")
-        .lease(Duration::from_secs(5))
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .expect("start second worker");
-    let done = wait_for_state(&queue, id, JobState::Succeeded, Duration::from_secs(30)).await;
-    assert_eq!(done.attempt, 2);
-    assert_eq!(done.locked_by.as_deref(), Some("second-worker"));
-    assert_eq!(done_events(&store, id).await, 1);
+    let (second, second_runs, done) = second_worker_completes(&queue, &store, id).await;
 
     // The first worker resumes: its attempt 1 finishes (within the
     // shutdown's grace period), but the completion and the success event
@@ -279,7 +241,7 @@ async fn paused_worker_set_cannot_complete_a_job_another_worker_completed() {
         (after.updated_at, after.finished_at),
         (done.updated_at, done.finished_at)
     );
-    assert_eq!(done_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, DONE, id).await.len(), 1);
     assert_eq!(first_runs.load(Ordering::SeqCst), 1);
     assert_eq!(second_runs.load(Ordering::SeqCst), 1);
     store.shutdown().await;

@@ -5,20 +5,21 @@
 //!
 //! Needs PostgreSQL (`DATABASE_URL`; `scripts/postgres.sh start`).
 
+mod queue_support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dcb_core::{
-    EventMetadata, EventRecord, EventStore, EventType, Query, QueryItem, ReadOptions, Tag,
-};
+use dcb_core::{EventMetadata, EventRecord, EventType};
 use dcb_postgres::queue::{
-    JobContext, JobError, JobFailure, JobId, JobInfo, JobState, NewJob, Processor, WorkQueue,
-    Workers,
+    ClaimedJob, JobContext, JobError, JobFailure, JobId, JobState, NewJob, Processor, WorkQueue,
+    Workers, WorkersHandle,
 };
 use dcb_postgres::testing::TestDatabase;
 use dcb_postgres::PgEventStore;
+use queue_support::{job_events, wait_for_state};
 
 const FAILED: &str = "SlowJobFailed";
 
@@ -60,40 +61,55 @@ impl Processor for Slow {
     }
 }
 
+/// Enqueues a quick `Slow` job allowed `max_attempts`, claimed at once (for
+/// 300 ms) by a worker that then vanishes.
+async fn claimed_by_a_lost_worker(
+    db: &TestDatabase,
+    queue: &WorkQueue,
+    max_attempts: u32,
+) -> (JobId, ClaimedJob) {
+    let id = queue
+        .enqueue(
+            db.pool(),
+            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 0 })
+                .unwrap()
+                .max_attempts(max_attempts),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut lost = queue
+        .claim(
+            &["default".to_string()],
+            &[Slow::KIND.to_string()],
+            1,
+            Duration::from_millis(300),
+            "lost-worker",
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+    (id, lost.remove(0))
+}
+
+/// Workers with a fresh `Slow` processor, taking over from a lost worker.
+async fn survivors(queue: &WorkQueue, store: &PgEventStore) -> (WorkersHandle, Slow) {
+    let slow = Slow::default();
+    let workers = Workers::new(queue.clone(), store.clone())
+        .register(slow.clone())
+        .poll_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    (workers, slow)
+}
+
 async fn setup() -> (TestDatabase, PgEventStore, WorkQueue) {
     let db = TestDatabase::create().await;
     let store = db.store().await;
     let queue = WorkQueue::new(db.pool().clone(), "dcb").expect("schema");
     queue.migrate().await.expect("migrate queue");
     (db, store, queue)
-}
-
-async fn wait_for_state(queue: &WorkQueue, id: JobId, state: JobState) -> JobInfo {
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = queue.admin().job(id).await.expect("read").expect("exists");
-        if job.state == state {
-            return job;
-        }
-        assert!(Instant::now() < until, "job never reached {state}: {job:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn failure_events(store: &PgEventStore, id: JobId) -> usize {
-    let query = Query::from_items([QueryItem::new().types([FAILED]).tags([Tag::new("job", id)])]);
-    let (_, events) = store
-        .read(&query, ReadOptions::forwards())
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    events.len()
-}
-
-fn claim_args() -> (Vec<String>, Vec<String>) {
-    (vec!["default".to_string()], vec!["slow".to_string()])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +138,7 @@ async fn heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
     };
     let a = start().await.unwrap();
     let b = start().await.unwrap();
-    let done = wait_for_state(&queue, id, JobState::Succeeded).await;
+    let done = wait_for_state(&queue.admin(), id, JobState::Succeeded).await;
     assert_eq!(done.attempt, 1);
     assert_eq!(slow.runs.load(Ordering::SeqCst), 1);
     a.shutdown(Duration::from_secs(1)).await;
@@ -134,46 +150,19 @@ async fn heartbeats_keep_the_lease_of_a_job_longer_than_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_lost_during_the_last_attempt_leaves_a_dead_job_with_one_failure_event() {
     let (db, store, queue) = setup().await;
-    let id = queue
-        .enqueue(
-            db.pool(),
-            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 0 })
-                .unwrap()
-                .max_attempts(1),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let (queues, kinds) = claim_args();
     // A worker claims it and vanishes.
-    let lost = queue
-        .claim(
-            &queues,
-            &kinds,
-            1,
-            Duration::from_millis(300),
-            "lost-worker",
-        )
-        .await
-        .unwrap();
-    assert_eq!(lost.len(), 1);
+    let (id, _lost) = claimed_by_a_lost_worker(&db, &queue, 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let slow = Slow::default();
-    let workers = Workers::new(queue.clone(), store.clone())
-        .register(slow.clone())
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
-    let dead = wait_for_state(&queue, id, JobState::Dead).await;
+    let (workers, slow) = survivors(&queue, &store).await;
+    let dead = wait_for_state(&queue.admin(), id, JobState::Dead).await;
     assert!(dead
         .last_error
         .as_deref()
         .unwrap()
         .contains("lease expired during attempt 1"));
     assert_eq!(slow.runs.load(Ordering::SeqCst), 0, "no attempts were left");
-    assert_eq!(failure_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, FAILED, id).await.len(), 1);
     assert_eq!(slow.failures.lock().unwrap()[0].attempts, 1);
     workers.shutdown(Duration::from_secs(1)).await;
     store.shutdown().await;
@@ -183,44 +172,17 @@ async fn worker_lost_during_the_last_attempt_leaves_a_dead_job_with_one_failure_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_lost_while_recording_a_final_failure_does_not_run_the_job_again() {
     let (db, store, queue) = setup().await;
-    let id = queue
-        .enqueue(
-            db.pool(),
-            &NewJob::for_processor::<Slow>(&SlowJob { sleep_ms: 0 })
-                .unwrap()
-                .max_attempts(5),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let (queues, kinds) = claim_args();
-    let lost = queue
-        .claim(
-            &queues,
-            &kinds,
-            1,
-            Duration::from_millis(300),
-            "lost-worker",
-        )
-        .await
-        .unwrap()
-        .remove(0);
+    let (id, lost) = claimed_by_a_lost_worker(&db, &queue, 5).await;
     // It decided the job failed for good (a permanent error), then vanished
     // before recording the failure event.
     queue.doom(&lost, "permanent: bad input").await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
 
-    let slow = Slow::default();
-    let workers = Workers::new(queue.clone(), store.clone())
-        .register(slow.clone())
-        .poll_interval(Duration::from_millis(50))
-        .start()
-        .await
-        .unwrap();
-    let dead = wait_for_state(&queue, id, JobState::Dead).await;
+    let (workers, slow) = survivors(&queue, &store).await;
+    let dead = wait_for_state(&queue.admin(), id, JobState::Dead).await;
     assert_eq!(slow.runs.load(Ordering::SeqCst), 0);
     assert!(dead.last_error.as_deref().unwrap().contains("bad input"));
-    assert_eq!(failure_events(&store, id).await, 1);
+    assert_eq!(job_events(&store, FAILED, id).await.len(), 1);
     workers.shutdown(Duration::from_secs(1)).await;
     store.shutdown().await;
     db.cleanup().await;

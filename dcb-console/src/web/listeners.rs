@@ -187,8 +187,10 @@ fn confirmed(form: &Confirm) -> Result<(), PageError> {
     }
 }
 
-fn request_page(base: &Base, name: &str, request: i64) -> String {
-    base.at(&format!("{}/requests/{request}", listener_path(name)))
+/// Sends the browser to the page of request `request` of listener `name`.
+fn to_request_page(base: &Base, name: &str, request: i64) -> Response {
+    let page = base.at(&format!("{}/requests/{request}", listener_path(name)));
+    axum::response::Redirect::to(&page).into_response()
 }
 
 pub(crate) async fn reset(
@@ -199,7 +201,7 @@ pub(crate) async fn reset(
 ) -> Result<Response, PageError> {
     confirmed(&form)?;
     let request = shared.ops.listeners().request_reset(&name).await?;
-    Ok(axum::response::Redirect::to(&request_page(&base, &name, request)).into_response())
+    Ok(to_request_page(&base, &name, request))
 }
 
 pub(crate) async fn rebuild(
@@ -210,7 +212,7 @@ pub(crate) async fn rebuild(
 ) -> Result<Response, PageError> {
     confirmed(&form)?;
     let request = shared.ops.listeners().request_rebuild(&name).await?;
-    Ok(axum::response::Redirect::to(&request_page(&base, &name, request)).into_response())
+    Ok(to_request_page(&base, &name, request))
 }
 
 fn position_of(form: &AtPosition) -> Result<Position, PageError> {
@@ -233,7 +235,7 @@ pub(crate) async fn retry(
         .listeners()
         .request_retry(&name, position)
         .await?;
-    Ok(axum::response::Redirect::to(&request_page(&base, &name, request)).into_response())
+    Ok(to_request_page(&base, &name, request))
 }
 
 pub(crate) async fn skip(
@@ -244,7 +246,7 @@ pub(crate) async fn skip(
 ) -> Result<Response, PageError> {
     let position = position_of(&form)?;
     let request = shared.ops.listeners().request_skip(&name, position).await?;
-    Ok(axum::response::Redirect::to(&request_page(&base, &name, request)).into_response())
+    Ok(to_request_page(&base, &name, request))
 }
 
 pub(crate) async fn request(

@@ -162,6 +162,13 @@ impl Decision for Open {
     }
 }
 
+/// The events of type `event_type` of `account`.
+fn of_account(event_type: &'static str, account: &str) -> Query {
+    Query::from_items([QueryItem::new()
+        .types([event_type])
+        .tags([Tag::new("account", account)])])
+}
+
 pub struct Deposit {
     pub account: String,
     pub amount: u64,
@@ -178,9 +185,7 @@ impl Decision for Deposit {
 
     /// A deposit only depends on the account being open.
     fn validation_query(&self) -> Option<Query> {
-        Some(Query::from_items([QueryItem::new()
-            .types(["Opened"])
-            .tags([Tag::new("account", &self.account)])]))
+        Some(of_account("Opened", &self.account))
     }
 
     fn process(&self, state: &Account) -> Result<Vec<BankEvent>, BankError> {
@@ -207,9 +212,7 @@ impl Decision for Withdraw {
 
     /// Deposits only raise the balance, so only withdrawals can invalidate it.
     fn validation_query(&self) -> Option<Query> {
-        Some(Query::from_items([QueryItem::new()
-            .types(["Withdrawn"])
-            .tags([Tag::new("account", &self.account)])]))
+        Some(of_account("Withdrawn", &self.account))
     }
 
     fn process(&self, state: &Account) -> Result<Vec<BankEvent>, BankError> {

@@ -18,29 +18,6 @@ use dcb_kafka::{KafkaConfig, OutgoingMessage, Publisher};
 use dcb_postgres::testing::TestDatabase;
 use serde_json::{json, Value};
 
-fn brokers() -> String {
-    match std::env::var("KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => b,
-        _ => panic!("set KAFKA_BROKERS or run scripts/tansu.sh start"),
-    }
-}
-
-/// Creates the example's topics (tansu does not create them on first use).
-async fn ensure_topics(brokers: &str) {
-    use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use dcb_kafka::rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("an admin client");
-    let topics: Vec<NewTopic<'_>> = ["inventories", "price-changes", "published-carts"]
-        .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
-        .collect();
-    // "Already exists" is fine; anything else shows up when producing.
-    let _ = admin.create_topics(&topics, &AdminOptions::new()).await;
-}
-
 async fn count(t: &TestApp, event_type: &str) -> usize {
     count_matching(t, Query::types([event_type.to_owned()])).await
 }

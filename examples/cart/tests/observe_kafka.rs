@@ -17,33 +17,9 @@ use cart::slices::publish_cart::EnqueuePublication;
 use common::*;
 use dcb_console::telemetry::testing::{self, describe, SpanData};
 use dcb_core::{Decision, Event, EventStore, Query, ReadOptions, Tag};
-use dcb_kafka::rdkafka::ClientConfig;
 use dcb_kafka::{KafkaConfig, KafkaMessage, Translator, TranslatorRunner};
 use dcb_postgres::PgEventStore;
 use opentelemetry::trace::SpanId;
-
-fn brokers() -> String {
-    match std::env::var("KAFKA_BROKERS") {
-        Ok(b) if !b.trim().is_empty() => b,
-        _ => panic!("set KAFKA_BROKERS or run scripts/tansu.sh start"),
-    }
-}
-
-/// Creates the example's topics (tansu does not create them on first use).
-async fn ensure_topics(brokers: &str) {
-    use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use dcb_kafka::rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("an admin client");
-    let topics: Vec<NewTopic<'_>> = ["inventories", "price-changes", "published-carts"]
-        .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
-        .collect();
-    // "Already exists" is fine; anything else shows up when producing.
-    let _ = admin.create_topics(&topics, &AdminOptions::new()).await;
-}
 
 #[derive(Event, Debug, Clone, PartialEq)]
 enum ShippingEvent {

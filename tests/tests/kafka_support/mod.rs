@@ -1,7 +1,10 @@
 //! Helpers of the Kafka end-to-end tests (`mod kafka_support;`): the
-//! broker address, topics, and reading a topic to its end.
+//! broker address, topics, reading a topic to its end, and the translator
+//! tests' domain ([`ledger`]).
 
 #![allow(dead_code)]
+
+pub mod ledger;
 
 use std::time::{Duration, Instant};
 

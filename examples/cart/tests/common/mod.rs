@@ -175,3 +175,28 @@ pub fn new_id() -> Uuid {
 pub fn position(answer: &Value) -> Position {
     Position(answer["position"].as_u64().expect("a position"))
 }
+
+/// The broker of `KAFKA_BROKERS`; panics with how to start one.
+pub fn brokers() -> String {
+    match std::env::var("KAFKA_BROKERS") {
+        Ok(b) if !b.trim().is_empty() => b,
+        _ => panic!("set KAFKA_BROKERS or run scripts/tansu.sh start"),
+    }
+}
+
+/// Creates the example's topics (tansu does not create them on first use).
+pub async fn ensure_topics(brokers: &str) {
+    use dcb_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use dcb_kafka::rdkafka::client::DefaultClientContext;
+    use dcb_kafka::rdkafka::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("an admin client");
+    let topics: Vec<NewTopic<'_>> = ["inventories", "price-changes", "published-carts"]
+        .iter()
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .collect();
+    // "Already exists" is fine; anything else shows up when producing.
+    let _ = admin.create_topics(&topics, &AdminOptions::new()).await;
+}

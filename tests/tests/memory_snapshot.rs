@@ -1,4 +1,5 @@
-//! Snapshots of decision states, against the in-memory store: same results
+//! Snapshots of decision states, against the in-memory store (the bank of
+//! `dcb_tests::bank`, also run on PostgreSQL by `pg_snapshot`): same results
 //! with and without them, saved every N events, corrupt or foreign snapshots
 //! ignored, keys that change with ids, query and version, racers and
 //! idempotency keys still right.
@@ -7,60 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dcb_core::{
-    AppendCondition, AppendResult, Decided, Decision, DecisionError, DecisionMaker, DecisionState,
-    Event, EventRecord, EventStore, InMemoryEventStore, InMemorySnapshotStore, MakeOptions,
-    Position, Query, ReadOptions, ReadResult, RetryPolicy, Snapshot, SnapshotStore, Snapshotted,
-    StateMutate, StateQuery, StoreError, StoredSnapshot,
+    AppendCondition, AppendResult, Decided, DecisionMaker, DecisionState, Event, EventRecord,
+    EventStore, InMemoryEventStore, InMemorySnapshotStore, MakeOptions, Position, Query,
+    ReadOptions, ReadResult, RetryPolicy, Snapshot, SnapshotStore, Snapshotted, StateMutate,
+    StateQuery, StoreError, StoredSnapshot,
 };
+use dcb_tests::bank::{
+    balance_of, deposit, key_of, outcome, race_withdrawals, withdraw, Balance, BankEvent,
+};
+use dcb_tests::gate::{Gated, ReadGate};
 use serde::{Deserialize, Serialize};
-
-mod common;
-use common::gate::Gated;
-
-#[derive(Event, Debug, Clone, PartialEq)]
-enum BankEvent {
-    Deposited {
-        #[id]
-        account: String,
-        amount: u64,
-    },
-    Withdrawn {
-        #[id]
-        account: String,
-        amount: u64,
-    },
-}
-
-#[derive(StateQuery, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[state_query(BankEvent)]
-struct Balance {
-    #[id]
-    account: String,
-    balance: u64,
-    operations: u64,
-}
-
-impl Balance {
-    fn new(account: &str) -> Self {
-        Balance {
-            account: account.into(),
-            balance: 0,
-            operations: 0,
-        }
-    }
-}
-
-impl StateMutate for Balance {
-    fn mutate(&mut self, event: BankEvent) {
-        match event {
-            BankEvent::Deposited { amount, .. } => self.balance += amount,
-            BankEvent::Withdrawn { amount, .. } => self.balance -= amount,
-        }
-        self.operations += 1;
-    }
-}
-
-impl Snapshot for Balance {}
 
 /// The same state under the same name with a bumped schema version.
 #[derive(Clone, StateQuery, Serialize, Deserialize, Debug)]
@@ -103,85 +60,6 @@ impl StateMutate for DepositTotal {
 
 impl Snapshot for DepositTotal {}
 
-#[derive(Debug, PartialEq, thiserror::Error)]
-enum BankError {
-    #[error("insufficient funds: balance {balance} after {operations} operations")]
-    InsufficientFunds { balance: u64, operations: u64 },
-}
-
-struct Deposit {
-    account: String,
-    amount: u64,
-}
-
-impl Decision for Deposit {
-    type Event = BankEvent;
-    type StateQuery = Snapshotted<Balance>;
-    type Error = BankError;
-
-    fn state_query(&self) -> Snapshotted<Balance> {
-        Snapshotted::new(Balance::new(&self.account))
-    }
-
-    fn process(&self, _: &Snapshotted<Balance>) -> Result<Vec<BankEvent>, BankError> {
-        Ok(vec![BankEvent::Deposited {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-struct Withdraw {
-    account: String,
-    amount: u64,
-}
-
-impl Decision for Withdraw {
-    type Event = BankEvent;
-    type StateQuery = Snapshotted<Balance>;
-    type Error = BankError;
-
-    fn state_query(&self) -> Snapshotted<Balance> {
-        Snapshotted::new(Balance::new(&self.account))
-    }
-
-    fn process(&self, state: &Snapshotted<Balance>) -> Result<Vec<BankEvent>, BankError> {
-        if state.balance < self.amount {
-            return Err(BankError::InsufficientFunds {
-                balance: state.balance,
-                operations: state.operations,
-            });
-        }
-        Ok(vec![BankEvent::Withdrawn {
-            account: self.account.clone(),
-            amount: self.amount,
-        }])
-    }
-}
-
-/// The state a decision sees, by asking for more than any balance holds.
-async fn balance_of<S: EventStore>(maker: &DecisionMaker<S>, account: &str) -> (u64, u64) {
-    match maker
-        .make(Withdraw {
-            account: account.into(),
-            amount: u64::MAX,
-        })
-        .await
-    {
-        Err(DecisionError::Rejected(BankError::InsufficientFunds {
-            balance,
-            operations,
-        })) => (balance, operations),
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
-
-fn key_of(account: &str) -> String {
-    Snapshotted::new(Balance::new(account))
-        .snapshot_key()
-        .expect("a snapshotted state has a key")
-}
-
 /// An event store that records where each read started.
 #[derive(Default)]
 struct Recording {
@@ -211,20 +89,6 @@ impl EventStore for Recording {
     }
 }
 
-fn outcome(result: Result<Decided<BankEvent>, DecisionError<BankError>>) -> String {
-    match result {
-        Ok(decided) => format!(
-            "ok {:?}",
-            decided
-                .events
-                .iter()
-                .map(|e| (e.position, e.event.clone()))
-                .collect::<Vec<_>>()
-        ),
-        Err(e) => format!("err {e}"),
-    }
-}
-
 #[tokio::test]
 async fn same_results_with_and_without_snapshots() {
     let snapshots = Arc::new(InMemorySnapshotStore::new());
@@ -234,21 +98,15 @@ async fn same_results_with_and_without_snapshots() {
     let without = DecisionMaker::new(InMemoryEventStore::new());
     let mut rng = fastrand::Rng::with_seed(20240601);
     for step in 0..400 {
-        let account = ["a1", "a2", "a3"][rng.usize(..3)].to_string();
+        let account = ["a1", "a2", "a3"][rng.usize(..3)];
         let amount = rng.u64(1..50);
         let (a, b) = if rng.bool() {
-            let a = with.make(Deposit {
-                account: account.clone(),
-                amount,
-            });
-            let b = without.make(Deposit { account, amount });
+            let a = with.make(deposit(account, amount));
+            let b = without.make(deposit(account, amount));
             (outcome(a.await), outcome(b.await))
         } else {
-            let a = with.make(Withdraw {
-                account: account.clone(),
-                amount,
-            });
-            let b = without.make(Withdraw { account, amount });
+            let a = with.make(withdraw(account, amount));
+            let b = without.make(withdraw(account, amount));
             (outcome(a.await), outcome(b.await))
         };
         assert_eq!(a, b, "step {step}");
@@ -275,25 +133,15 @@ async fn a_snapshot_is_saved_every_n_events() {
         .cache_entries(0)
         .with_snapshots(snapshots.clone(), 10);
     let key = key_of("a1");
-    let deposit = |amount| Deposit {
-        account: "a1".into(),
-        amount,
-    };
     for amount in 1..=10 {
-        maker.make(deposit(amount)).await.unwrap();
+        maker.make(deposit("a1", amount)).await.unwrap();
         // Another account's events are not folded into a1: they don't count.
-        maker
-            .make(Deposit {
-                account: "other".into(),
-                amount: 1,
-            })
-            .await
-            .unwrap();
+        maker.make(deposit("other", 1)).await.unwrap();
     }
     // The 10th deposit read 9 events of a1: nothing saved yet.
     assert_eq!(snapshots.get(&key), None);
     // The 11th reads 10: saved at the head it read (20: a1 and other).
-    maker.make(deposit(11)).await.unwrap();
+    maker.make(deposit("a1", 11)).await.unwrap();
     let saved = snapshots.get(&key).expect("a snapshot after 10 events");
     assert_eq!(saved.position, Position(20));
     let state = Balance::from_snapshot_bytes(&saved.payload).unwrap();
@@ -307,10 +155,10 @@ async fn a_snapshot_is_saved_every_n_events() {
     );
     // The next ones read after 20: 9 more decisions do not reach 10 events.
     for amount in 12..=20 {
-        maker.make(deposit(amount)).await.unwrap();
+        maker.make(deposit("a1", amount)).await.unwrap();
     }
     assert_eq!(snapshots.get(&key).unwrap().position, Position(20));
-    maker.make(deposit(21)).await.unwrap();
+    maker.make(deposit("a1", 21)).await.unwrap();
     let saved = snapshots.get(&key).unwrap();
     assert_eq!(saved.position, Position(30));
     assert_eq!(
@@ -328,13 +176,7 @@ async fn a_rejected_decision_still_saves_its_read() {
     let maker = DecisionMaker::new(InMemoryEventStore::new())
         .cache_entries(0)
         .with_snapshots(snapshots.clone(), 1);
-    maker
-        .make(Deposit {
-            account: "a1".into(),
-            amount: 5,
-        })
-        .await
-        .unwrap();
+    maker.make(deposit("a1", 5)).await.unwrap();
     assert_eq!(balance_of(&maker, "a1").await, (5, 1));
     assert_eq!(snapshots.get(&key_of("a1")).unwrap().position, Position(1));
 }
@@ -349,13 +191,7 @@ async fn planted_snapshot_is_ignored(payload: Vec<u8>, position: Position) {
         .cache_entries(0)
         .with_snapshots(snapshots.clone(), 1);
     for amount in [10, 20, 30] {
-        maker
-            .make(Deposit {
-                account: "a1".into(),
-                amount,
-            })
-            .await
-            .unwrap();
+        maker.make(deposit("a1", amount)).await.unwrap();
     }
     let key = key_of("a1");
     snapshots.insert(key.clone(), StoredSnapshot { position, payload });
@@ -375,13 +211,7 @@ async fn planted_snapshot_is_ignored(payload: Vec<u8>, position: Position) {
             60
         );
     }
-    maker
-        .make(Withdraw {
-            account: "a1".into(),
-            amount: 60,
-        })
-        .await
-        .unwrap();
+    maker.make(withdraw("a1", 60)).await.unwrap();
     assert_eq!(balance_of(&maker, "a1").await, (0, 4));
 }
 
@@ -457,8 +287,9 @@ fn keys_differ_by_ids_query_and_version() {
 async fn racers_never_overdraw_with_snapshots_on() {
     const RACERS: usize = 40;
     let snapshots = Arc::new(InMemorySnapshotStore::new());
+    let gate = ReadGate::new();
     let maker = Arc::new(
-        DecisionMaker::new(Gated::new(InMemoryEventStore::new(), RACERS))
+        DecisionMaker::new(Gated::new(InMemoryEventStore::new(), gate.clone()))
             .cache_entries(0)
             .with_snapshots(snapshots.clone(), 1)
             .with_retry(RetryPolicy {
@@ -468,49 +299,16 @@ async fn racers_never_overdraw_with_snapshots_on() {
     );
     // Some history, so racers start from a snapshot.
     for _ in 0..20 {
-        maker
-            .make(Deposit {
-                account: "a1".into(),
-                amount: 5,
-            })
-            .await
-            .unwrap();
+        maker.make(deposit("a1", 5)).await.unwrap();
     }
-    maker.store().arm();
-    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
-    let mut tasks = Vec::new();
-    for _ in 0..RACERS {
-        let (maker, barrier) = (maker.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            maker
-                .make(Withdraw {
-                    account: "a1".into(),
-                    amount: 7,
-                })
-                .await
-        }));
-    }
-    let (mut committed, mut retries, mut from_snapshot) = (0, 0, 0);
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(decided) => {
-                committed += 1;
-                retries += decided.attempts - 1;
-                from_snapshot += usize::from(decided.snapshot.is_some());
-            }
-            Err(DecisionError::Rejected(BankError::InsufficientFunds { balance, .. })) => {
-                assert!(balance < 7)
-            }
-            Err(e) => panic!("unexpected: {e}"),
-        }
-    }
-    assert_eq!(committed, 100 / 7);
+    gate.arm(RACERS);
+    let tally = race_withdrawals(std::slice::from_ref(&maker), RACERS, "a1", 7).await;
+    assert_eq!(tally.committed, 100 / 7);
     assert!(
-        retries > 0,
+        tally.retries > 0,
         "no append condition failed: the racers did not race"
     );
-    assert!(from_snapshot > 0, "no racer started from a snapshot");
+    assert!(tally.from_snapshot > 0, "no racer started from a snapshot");
     assert_eq!(balance_of(&maker, "a1").await, (100 % 7, 20 + 14));
     // The log agrees: fold it without snapshots.
     let plain = DecisionMaker::new(maker.store());
@@ -523,21 +321,14 @@ async fn idempotency_keys_still_work_with_snapshots_on() {
     let maker = DecisionMaker::new(InMemoryEventStore::new())
         .cache_entries(0)
         .with_snapshots(snapshots.clone(), 1);
-    let deposit = |amount| Deposit {
-        account: "a1".into(),
-        amount,
-    };
-    maker.make(deposit(100)).await.unwrap();
+    maker.make(deposit("a1", 100)).await.unwrap();
     let request = MakeOptions::new().idempotency_key("withdraw-1");
-    let withdraw = Withdraw {
-        account: "a1".into(),
-        amount: 30,
-    };
+    let withdraw = withdraw("a1", 30);
     let first = maker.make_with(&withdraw, request.clone()).await.unwrap();
     assert!(!first.replayed);
     // More events and snapshots past the keyed event.
     for _ in 0..5 {
-        maker.make(deposit(1)).await.unwrap();
+        maker.make(deposit("a1", 1)).await.unwrap();
     }
     assert_eq!(balance_of(&maker, "a1").await, (75, 7));
     let saved = snapshots.get(&key_of("a1")).unwrap().position;
@@ -584,13 +375,7 @@ async fn a_failing_snapshot_store_never_fails_a_decision() {
         .cache_entries(0)
         .with_snapshots(Arc::new(Broken), 1);
     for _ in 0..3 {
-        maker
-            .make(Deposit {
-                account: "a1".into(),
-                amount: 2,
-            })
-            .await
-            .unwrap();
+        maker.make(deposit("a1", 2)).await.unwrap();
     }
     assert_eq!(balance_of(&maker, "a1").await, (6, 3));
 }
