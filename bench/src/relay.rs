@@ -294,19 +294,22 @@ async fn send_raw(
 }
 
 /// What the relay does before its first send (see its producer module):
-/// a metadata request, which connects the producer and makes it ask for
-/// its producer id at once rather than on librdkafka's 500 ms timer; the
-/// baseline pays it too, inside its timed window, as the relay does.
+/// two metadata requests, which connect the producer to the broker and make
+/// it ask for its producer id at once rather than on librdkafka's 500 ms
+/// timer; the baseline pays them too, inside its timed window, as the
+/// relay does.
 async fn warm_up(producer: &FutureProducer, topic: &str) -> Result<(), String> {
     use dcb_kafka::rdkafka::producer::Producer;
     let producer = producer.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map(|_| ())
-            .map_err(|e| format!("raw producer: metadata of {topic}: {e}"))
+        for _ in 0..2 {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(|e| format!("raw producer: metadata of {topic}: {e}"))?;
+        }
+        Ok(())
     })
     .await
     .map_err(|e| format!("raw producer: {e}"))?

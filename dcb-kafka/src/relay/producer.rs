@@ -101,13 +101,14 @@ impl Slot {
 ///
 /// An idempotent producer sends nothing before the broker gave it a
 /// producer id. librdkafka asks for one when a metadata answer arrives
-/// from a connected broker, or on a 500 ms timer otherwise; but its first
-/// connection (the bootstrap address) is dropped as soon as the broker's
-/// own id is known, and the next connection is only opened when something
-/// needs it, so a new producer usually waited one or two turns of that
-/// timer (0.5 to 1 s) before its first message went out. A metadata
-/// request opens that connection, and its answer starts the request for
-/// the producer id at once.
+/// while a broker is connected, or on a 500 ms timer otherwise; but its
+/// first connection (to the bootstrap address) is dropped as soon as the
+/// broker's own id is known, and the next one is only opened when
+/// something needs it, so a new producer usually waited one or two turns
+/// of that timer (0.5 to 1 s) before its first message went out. Two
+/// metadata requests: the first learns the broker, the second opens the
+/// connection to it, and its answer starts the request for the producer id
+/// at once.
 pub(crate) async fn warm_up(
     producer: &FutureProducer,
     topic: &str,
@@ -116,11 +117,13 @@ pub(crate) async fn warm_up(
     let producer = producer.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(Some(&topic), timeout)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        for _ in 0..2 {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     })
     .await
     .map_err(|e| format!("the warm-up task failed: {e}"))?
