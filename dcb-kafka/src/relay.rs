@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::sql::relays::RelayTable;
-use crate::{check_reachable, sql, Backoff, KafkaConfig, KafkaError, OutgoingMessage};
+use crate::{sql, Backoff, KafkaConfig, KafkaError, OutgoingMessage};
 
 pub use headers::{
     HEADER_CE_ID, HEADER_CE_SOURCE, HEADER_CE_SPECVERSION, HEADER_CE_TIME, HEADER_CE_TYPE,
@@ -214,6 +214,16 @@ impl RelayConfig {
 ///   by each checkpoint write) keeps one instance active per relay name
 ///   across processes; another takes over within about
 ///   [`RelayConfig::lease_ttl`] when the leader dies.
+/// - **Reading**: the leader reads the next batch while it hands the last
+///   one to the producer. While most of the log matches its routes, it
+///   reads whole ranges of the log and keeps the matching events (cheaper
+///   for the database than a filtered read); where few match, it lets the
+///   store filter. Both cover the same positions, so the choice changes
+///   nothing of the above.
+/// - **Start-up**: [`EventRelay::start`] checks that a broker answers with
+///   the relay's own producer, which also gets that producer its producer
+///   id before the first send (so does every new producer after a
+///   failure), rather than on librdkafka's 500 ms retry timer.
 /// - **Wake-up**: the leader wakes on the store's `NOTIFY`
 ///   ([`PgEventStore::notify_channel`]) and polls every
 ///   [`RelayConfig::poll_interval`] as a fallback.
@@ -328,8 +338,10 @@ impl EventRelay {
         sql::migrate(&pool, store.schema()).await?;
         let table = RelayTable::new(pool.clone(), store.schema())?;
         table.ensure(&self.id).await?;
-        check_reachable(&self.kafka).await?;
+        // The relay's own producer checks that a broker answers, which
+        // also gets it ready for its first send.
         let producer = producer::Slot::new(&self.kafka)?;
+        producer.connect(&self.kafka, &self.routes[0].topic).await?;
 
         let read_query = self
             .routes

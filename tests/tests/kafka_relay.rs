@@ -102,6 +102,54 @@ async fn relay_publishes_matching_events_in_position_order_with_headers() {
     db.cleanup().await;
 }
 
+/// A stretch of the log where few events match (the relay then lets the
+/// store filter) followed by one where most match (it then reads whole
+/// ranges and keeps what matches), and back: exactly the matching events
+/// arrive, in position order, whichever way each part was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_and_dense_stretches_publish_exactly_the_matching_events() {
+    let brokers = brokers();
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let topic = unique("dcb-relay-mixed");
+    create_topic(&brokers, &topic, 1).await;
+
+    // 600 events with one in 20 matching, 600 with all but one in 20
+    // matching, then 600 sparse again; in appends of 50.
+    let matches = |n: usize| {
+        let dense = (600..1200).contains(&n);
+        (n % 20 == 7) != dense
+    };
+    for start in (0..1800).step_by(50) {
+        let records = (start..start + 50)
+            .map(|n| {
+                let event_type = if matches(n) { "ItemAdded" } else { "Ignored" };
+                record(event_type, &format!("c{}", n % 3), n)
+            })
+            .collect();
+        store.append(records, None).await.unwrap();
+    }
+    let relay = EventRelay::new("mixed-relay", KafkaConfig::new(&brokers))
+        .route(Route::new(Query::types(["ItemAdded"]), &topic).key_tag("k"))
+        .config(RelayConfig::default().batch_size(100))
+        .start(&store)
+        .await
+        .unwrap();
+    wait_published(&relay, &store).await;
+    let status = relay.status().await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(status.failures, 0, "{status:?}");
+
+    let expected: Vec<usize> = (0..1800).filter(|n| matches(*n)).collect();
+    let received: Vec<usize> = read_to_end(&brokers, &topic)
+        .await
+        .iter()
+        .map(|m| m.position() as usize - 1)
+        .collect();
+    assert_eq!(received, expected, "exactly the matching events, in order");
+    db.cleanup().await;
+}
+
 /// Writers append while the relay publishes with many messages in flight
 /// over three partitions: every event arrives exactly once (no failure
 /// happened), and each key's events arrive in position order.

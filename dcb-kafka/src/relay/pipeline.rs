@@ -60,6 +60,10 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// At most this long (and a quarter of the lease) for getting a new
+/// producer ready before the first send.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a leader stopped leading.
 enum LeadEnd {
     Shutdown,
@@ -161,6 +165,53 @@ struct Batch {
     covered: u64,
     /// The read stopped at its limit: more may wait.
     full: bool,
+    /// Events the read brought from the store, matching or not.
+    read: usize,
+}
+
+/// How the relay reads the log. Scanning a range of the log and keeping
+/// what matches costs the database about a third of a filtered read per
+/// row (a plain walk of the primary key, where a filtered read looks up
+/// each type's positions first and then fetches the rows), so it is the
+/// cheaper way while most of the log matches; where few events match, a
+/// filtered read skips the rest. The relay switches by the share of
+/// matching events it last saw, with a margin so that it does not switch
+/// back and forth around the threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadHow {
+    /// Every event of the range; the relay keeps those matching its query.
+    Scan,
+    /// Only the matching events, found by the store.
+    Filtered,
+}
+
+impl ReadHow {
+    /// Below this many events (read or spanned), a read says too little
+    /// about the share of matching events to switch on it.
+    const EVIDENCE: u64 = 100;
+
+    /// How to read next, after `batch` read from `after`.
+    fn next(self, batch: &Batch, after: u64) -> ReadHow {
+        let matched = batch.events.len() as u64;
+        match self {
+            // Scanning costs more than filtering below about a third.
+            ReadHow::Scan
+                if batch.read as u64 >= Self::EVIDENCE && matched * 4 < batch.read as u64 =>
+            {
+                ReadHow::Filtered
+            }
+            // Positions are dense, so the span is about the events in it.
+            ReadHow::Filtered => {
+                let spanned = batch.covered.saturating_sub(after);
+                if spanned >= Self::EVIDENCE && matched * 2 >= spanned {
+                    ReadHow::Scan
+                } else {
+                    ReadHow::Filtered
+                }
+            }
+            how => how,
+        }
+    }
 }
 
 /// Something to put into the pipeline, in log order.
@@ -239,6 +290,16 @@ async fn lead(
     let producer = shared.producer.current();
     let mut shutdown = shared.shutdown.clone();
     let mut wake = shared.wake.subscribe();
+    // Bounded well within the lease, which is only renewed further down.
+    let warm_up = (config.lease_ttl / 4).min(WARM_UP_TIMEOUT);
+    tokio::select! {
+        warmed = producer::warm_up(&producer, &shared.routes[0].topic, warm_up) => {
+            if let Err(error) = warmed {
+                tracing::debug!(%error, "the producer's warm-up found no broker");
+            }
+        }
+        _ = shutdown.changed() => return LeadEnd::Shutdown,
+    }
 
     // The pipeline: acknowledgements in the order the events were sent.
     let mut pipeline: FuturesOrdered<Ack> = FuturesOrdered::new();
@@ -246,11 +307,14 @@ async fn lead(
     let mut buffer: VecDeque<Item> = VecDeque::new();
     let mut scratch = Vec::new();
     let mut read_from = start;
+    let mut how = ReadHow::Scan;
     let mut acked = start;
     let mut written = start;
     let mut last_write = Instant::now();
     let mut backlog = true;
-    let mut reading: Option<BoxFuture<'static, Result<Batch, StoreError>>> = None;
+    // Reads in flight, in log order, each with the position it reads after.
+    let mut reads: VecDeque<(u64, BoxFuture<'static, Result<Batch, StoreError>>)> = VecDeque::new();
+    let mut last_full = false;
     let mut read_failures = 0u32;
     let mut read_again_at: Option<Instant> = None;
     let mut writing: Option<BoxFuture<'static, Written>> = None;
@@ -260,6 +324,48 @@ async fn lead(
     shared.acked.send_replace(start);
 
     let end = loop {
+        // Read ahead while less than two reads' worth waits, before sending
+        // what the last read brought: the next read then runs (on a task of
+        // its own) while this one's events are handed to the producer.
+        // While scanning a log that the last read found full, a second read
+        // runs beside the first, from where the first ends if it comes back
+        // full (positions are gapless); whether it started inside what was
+        // read before it is checked when it comes back.
+        let another = match reads.len() {
+            0 => backlog,
+            1 => how == ReadHow::Scan && last_full,
+            _ => false,
+        };
+        if draining.is_none()
+            && another
+            && buffer.len() < 2 * config.batch_size
+            && read_again_at.is_none_or(|at| Instant::now() >= at)
+        {
+            let after = match reads.back() {
+                Some((after, _)) => after + config.batch_size as u64,
+                None => read_from,
+            };
+            backlog = false;
+            read_again_at = None;
+            let reader = tokio::spawn(read(
+                shared.log.clone(),
+                shared.read_query.clone(),
+                how,
+                after,
+                config.batch_size,
+            ));
+            reads.push_back((
+                after,
+                async move {
+                    reader.await.unwrap_or_else(|e| {
+                        Err(StoreError::Backend {
+                            source: format!("the read task failed: {e}").into(),
+                        })
+                    })
+                }
+                .boxed(),
+            ));
+        }
         // Send what was read, in order, while there is room.
         if draining.is_none() {
             while pipeline.len() < config.max_in_flight {
@@ -287,33 +393,6 @@ async fn lead(
             if !lease.is_valid() {
                 break LeadEnd::Lost;
             }
-        }
-        // Read ahead while the buffer runs low.
-        if draining.is_none()
-            && reading.is_none()
-            && backlog
-            && buffer.len() < config.batch_size
-            && read_again_at.is_none_or(|at| Instant::now() >= at)
-        {
-            backlog = false;
-            read_again_at = None;
-            // On a task of its own: decoding a batch runs beside the sends.
-            let reader = tokio::spawn(read(
-                shared.log.clone(),
-                shared.read_query.clone(),
-                read_from,
-                config.batch_size,
-            ));
-            reading = Some(
-                async move {
-                    reader.await.unwrap_or_else(|e| {
-                        Err(StoreError::Backend {
-                            source: format!("the read task failed: {e}").into(),
-                        })
-                    })
-                }
-                .boxed(),
-            );
         }
         // Write the checkpoint when enough was acknowledged (or on the timer
         // below).
@@ -387,12 +466,20 @@ async fn lead(
                     }
                 }
             }
-            Some(result) = maybe(&mut reading) => {
-                reading = None;
+            Some(result) = first_read(&mut reads) => {
+                let after = reads.pop_front().map_or(read_from, |(after, _)| after);
                 match result {
-                    Ok(batch) => {
+                    Ok(mut batch) if after <= read_from => {
                         read_failures = 0;
-                        backlog = batch.full;
+                        // A read that started inside what was read before
+                        // it (after a gap in the positions) brings some
+                        // events again.
+                        batch.events.retain(|e| e.position.0 > read_from);
+                        how = how.next(&batch, after);
+                        last_full = batch.full;
+                        // A NOTIFY during the read may be for events past
+                        // what it saw.
+                        backlog = backlog || batch.full;
                         let advanced = batch.covered > read_from;
                         read_from = read_from.max(batch.covered);
                         buffer.extend(batch.events.into_iter().map(Item::Event));
@@ -400,7 +487,17 @@ async fn lead(
                             buffer.push_back(Item::Covered(read_from));
                         }
                     }
+                    Ok(_) => {
+                        // It started past the end of what the read before
+                        // it covered (which stopped short), as did any read
+                        // behind it: read again from there.
+                        reads.clear();
+                        last_full = false;
+                        backlog = true;
+                    }
                     Err(error) => {
+                        reads.clear();
+                        last_full = false;
                         read_failures = read_failures.saturating_add(1);
                         let delay = config.backoff.delay(read_failures);
                         tracing::warn!(%error, ?delay, "cannot read the log; trying again");
@@ -531,28 +628,39 @@ fn send(
     })
 }
 
-/// Reads up to `limit` matching events after `after`.
+/// Reads up to `limit` events after `after` (matching `query`, or any when
+/// scanning, of which those matching are kept).
 async fn read(
     store: StandbyReader,
     query: Query,
+    how: ReadHow,
     after: u64,
     limit: usize,
 ) -> Result<Batch, StoreError> {
     let options = ReadOptions::forwards().after(Position(after)).limit(limit);
-    let (head, events) = store.read(&query, options).await?.collect().await?;
-    let full = events.len() >= limit;
+    let scan = how == ReadHow::Scan && !query.is_all();
+    let every = Query::all();
+    let read_query = if scan { &every } else { &query };
+    let (head, mut events) = store.read(read_query, options).await?.collect().await?;
+    let read = events.len();
+    let full = read >= limit;
     let last = events.last().map_or(after, |e| e.position.0);
-    // A read that stopped at its limit covers the log up to its last event;
-    // one that did not, up to the head it was complete up to.
+    // A read that stopped at its limit covers the log up to its last event
+    // (matching or not); one that did not, up to the head it was complete
+    // up to.
     let covered = if full {
         last
     } else {
         head.map_or(after, |h| h.0).max(last)
     };
+    if scan {
+        events.retain(|e| query.matches(e.record.event_type.as_str(), &e.record.tags));
+    }
     Ok(Batch {
         events,
         covered,
         full,
+        read,
     })
 }
 
@@ -572,6 +680,16 @@ async fn write(shared: Arc<Shared>, to: u64) -> Written {
 async fn maybe<T>(slot: &mut Option<BoxFuture<'static, T>>) -> Option<T> {
     match slot {
         Some(f) => Some(f.await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the first read in flight; pending forever without one.
+async fn first_read(
+    reads: &mut VecDeque<(u64, BoxFuture<'static, Result<Batch, StoreError>>)>,
+) -> Option<Result<Batch, StoreError>> {
+    match reads.front_mut() {
+        Some((_, read)) => Some(read.await),
         None => std::future::pending().await,
     }
 }
@@ -626,5 +744,77 @@ pub(crate) async fn notifier(shared: Arc<Shared>, pool: sqlx::PgPool, channel: S
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcb_core::{EventMetadata, EventRecord, EventType};
+
+    /// A batch of `matched` events out of `read`, covering up to `covered`.
+    fn batch(matched: usize, read: usize, covered: u64) -> Batch {
+        let event = |n: u64| SequencedEvent {
+            position: Position(n),
+            recorded_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            record: EventRecord {
+                event_type: EventType::new("E"),
+                tags: Vec::new(),
+                payload: Vec::new(),
+                metadata: EventMetadata::new(),
+            },
+        };
+        Batch {
+            events: (1..=matched as u64).map(event).collect(),
+            covered,
+            full: true,
+            read,
+        }
+    }
+
+    #[test]
+    fn scanning_gives_way_to_filtering_where_few_events_match() {
+        assert_eq!(
+            ReadHow::Scan.next(&batch(900, 1000, 1000), 0),
+            ReadHow::Scan
+        );
+        assert_eq!(
+            ReadHow::Scan.next(&batch(300, 1000, 1000), 0),
+            ReadHow::Scan
+        );
+        assert_eq!(
+            ReadHow::Scan.next(&batch(200, 1000, 1000), 0),
+            ReadHow::Filtered
+        );
+        // Too few events to judge by: no switch.
+        assert_eq!(ReadHow::Scan.next(&batch(0, 50, 50), 0), ReadHow::Scan);
+    }
+
+    #[test]
+    fn filtering_gives_way_to_scanning_where_most_events_match() {
+        // 1,000 matching events over positions 5,001..=6,500.
+        assert_eq!(
+            ReadHow::Filtered.next(&batch(1000, 1000, 6500), 5000),
+            ReadHow::Scan
+        );
+        // 1,000 over 5,001..=9,000: a quarter.
+        assert_eq!(
+            ReadHow::Filtered.next(&batch(1000, 1000, 9000), 5000),
+            ReadHow::Filtered
+        );
+        // Between the two thresholds, each mode stays as it is.
+        assert_eq!(
+            ReadHow::Filtered.next(&batch(400, 400, 1000), 0),
+            ReadHow::Filtered
+        );
+        assert_eq!(
+            ReadHow::Scan.next(&batch(400, 1000, 1000), 0),
+            ReadHow::Scan
+        );
+        // A live read of a few events: no switch.
+        assert_eq!(
+            ReadHow::Filtered.next(&batch(3, 3, 3), 0),
+            ReadHow::Filtered
+        );
     }
 }

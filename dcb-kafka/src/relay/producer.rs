@@ -1,6 +1,7 @@
 //! The relay's producer, and its replacement after a failure.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 use rdkafka::ClientConfig;
@@ -52,6 +53,17 @@ impl Slot {
         })
     }
 
+    /// Fails like [`crate::check_reachable`] when no broker answers; warms
+    /// the producer up (see [`warm_up`]) when one does.
+    pub(crate) async fn connect(&self, kafka: &KafkaConfig, topic: &str) -> Result<(), KafkaError> {
+        warm_up(&self.current(), topic, kafka.startup_timeout())
+            .await
+            .map_err(|reason| KafkaError::BrokerUnreachable {
+                brokers: kafka.brokers().to_owned(),
+                reason,
+            })
+    }
+
     pub(crate) fn current(&self) -> FutureProducer {
         self.current
             .lock()
@@ -81,6 +93,40 @@ impl Slot {
         // a broker that is gone: not on an async thread.
         std::thread::spawn(move || drop(old));
     }
+}
+
+/// Gets a new producer ready to send: connected, with `topic`'s metadata
+/// and its producer id asked for; the error says no broker answered within
+/// `timeout`.
+///
+/// An idempotent producer sends nothing before the broker gave it a
+/// producer id. librdkafka asks for one when a metadata answer arrives
+/// while a broker is connected, or on a 500 ms timer otherwise; but its
+/// first connection (to the bootstrap address) is dropped as soon as the
+/// broker's own id is known, and the next one is only opened when
+/// something needs it, so a new producer usually waited one or two turns
+/// of that timer (0.5 to 1 s) before its first message went out. Two
+/// metadata requests: the first learns the broker, the second opens the
+/// connection to it, and its answer starts the request for the producer id
+/// at once.
+pub(crate) async fn warm_up(
+    producer: &FutureProducer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let producer = producer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..2 {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("the warm-up task failed: {e}"))?
 }
 
 fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaError> {
