@@ -312,9 +312,7 @@ async fn lead(
     let mut written = start;
     let mut last_write = Instant::now();
     let mut backlog = true;
-    // Reads in flight, in log order, each with the position it reads after.
-    let mut reads: VecDeque<(u64, BoxFuture<'static, Result<Batch, StoreError>>)> = VecDeque::new();
-    let mut last_full = false;
+    let mut reading: Option<BoxFuture<'static, Result<Batch, StoreError>>> = None;
     let mut read_failures = 0u32;
     let mut read_again_at: Option<Instant> = None;
     let mut writing: Option<BoxFuture<'static, Written>> = None;
@@ -327,35 +325,22 @@ async fn lead(
         // Read ahead while less than two reads' worth waits, before sending
         // what the last read brought: the next read then runs (on a task of
         // its own) while this one's events are handed to the producer.
-        // While scanning a log that the last read found full, a second read
-        // runs beside the first, from where the first ends if it comes back
-        // full (positions are gapless); whether it started inside what was
-        // read before it is checked when it comes back.
-        let another = match reads.len() {
-            0 => backlog,
-            1 => how == ReadHow::Scan && last_full,
-            _ => false,
-        };
         if draining.is_none()
-            && another
+            && reading.is_none()
+            && backlog
             && buffer.len() < 2 * config.batch_size
             && read_again_at.is_none_or(|at| Instant::now() >= at)
         {
-            let after = match reads.back() {
-                Some((after, _)) => after + config.batch_size as u64,
-                None => read_from,
-            };
             backlog = false;
             read_again_at = None;
             let reader = tokio::spawn(read(
                 shared.log.clone(),
                 shared.read_query.clone(),
                 how,
-                after,
+                read_from,
                 config.batch_size,
             ));
-            reads.push_back((
-                after,
+            reading = Some(
                 async move {
                     reader.await.unwrap_or_else(|e| {
                         Err(StoreError::Backend {
@@ -364,7 +349,7 @@ async fn lead(
                     })
                 }
                 .boxed(),
-            ));
+            );
         }
         // Send what was read, in order, while there is room.
         if draining.is_none() {
@@ -466,17 +451,12 @@ async fn lead(
                     }
                 }
             }
-            Some(result) = first_read(&mut reads) => {
-                let after = reads.pop_front().map_or(read_from, |(after, _)| after);
+            Some(result) = maybe(&mut reading) => {
+                reading = None;
                 match result {
-                    Ok(mut batch) if after <= read_from => {
+                    Ok(batch) => {
                         read_failures = 0;
-                        // A read that started inside what was read before
-                        // it (after a gap in the positions) brings some
-                        // events again.
-                        batch.events.retain(|e| e.position.0 > read_from);
-                        how = how.next(&batch, after);
-                        last_full = batch.full;
+                        how = how.next(&batch, read_from);
                         // A NOTIFY during the read may be for events past
                         // what it saw.
                         backlog = backlog || batch.full;
@@ -487,17 +467,7 @@ async fn lead(
                             buffer.push_back(Item::Covered(read_from));
                         }
                     }
-                    Ok(_) => {
-                        // It started past the end of what the read before
-                        // it covered (which stopped short), as did any read
-                        // behind it: read again from there.
-                        reads.clear();
-                        last_full = false;
-                        backlog = true;
-                    }
                     Err(error) => {
-                        reads.clear();
-                        last_full = false;
                         read_failures = read_failures.saturating_add(1);
                         let delay = config.backoff.delay(read_failures);
                         tracing::warn!(%error, ?delay, "cannot read the log; trying again");
@@ -680,16 +650,6 @@ async fn write(shared: Arc<Shared>, to: u64) -> Written {
 async fn maybe<T>(slot: &mut Option<BoxFuture<'static, T>>) -> Option<T> {
     match slot {
         Some(f) => Some(f.await),
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the first read in flight; pending forever without one.
-async fn first_read(
-    reads: &mut VecDeque<(u64, BoxFuture<'static, Result<Batch, StoreError>>)>,
-) -> Option<Result<Batch, StoreError>> {
-    match reads.front_mut() {
-        Some((_, read)) => Some(read.await),
         None => std::future::pending().await,
     }
 }
