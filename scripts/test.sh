@@ -52,6 +52,14 @@ mdbook build docs
 step "cargo package (the library crates)"
 # Packaged together, so each verifies against the others' packaged sources
 # before any is on crates.io (see docs/src/publishing.md).
+# Cargo unpacks those packaged sources under $CARGO_HOME/registry/src/-<hash of
+# this checkout's path>/ and reuses an unpacked crate of the same name and
+# version without comparing it: a checkout at this path that packaged an older
+# 0.1.0 before would verify against that old source. Remove ours first.
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+for krate in dcb-core dcb-macros dcb-postgres dcb-kafka; do
+  rm -rf "$cargo_home"/registry/src/-*/"$krate"-[0-9]*
+done
 cargo package -p dcb-core -p dcb-macros -p dcb-postgres -p dcb-kafka --allow-dirty --quiet
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
