@@ -1,7 +1,8 @@
 //! The event relay end to end against a Kafka-protocol broker (tansu): the
 //! events of a query reach the topic in position order per key, with
 //! id/type/position/tags headers, while writers append concurrently, none
-//! skipped and none twice; a router feeds several topics in one pass with
+//! skipped and none twice, also while a backlog is drained with reads
+//! ahead; a router feeds several topics in one pass with
 //! CloudEvents headers; two instances of one relay publish each event once;
 //! a relay killed midway is taken over and every event is published, first
 //! copies in position order; a checkpoint of the earlier listener-based
@@ -211,6 +212,96 @@ async fn concurrent_writers_nothing_skipped_nothing_twice_per_key_order_kept() {
         assert_eq!(
             *partition_of.entry(m.key.clone()).or_insert(m.partition),
             m.partition
+        );
+    }
+    db.cleanup().await;
+}
+
+/// The relay drains a backlog with two reads of the log in flight, the
+/// second reading the range after the first, while writers append in
+/// bursts: whenever a read reaches the head before the end of its range,
+/// the read of the next range (which may have seen later bursts) must be
+/// dropped, or the events between that head and the range's end are
+/// skipped. Every event arrives exactly once, in position order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_drained_while_writers_append_in_bursts_skips_nothing() {
+    const BACKLOG: usize = 2_000;
+    const WRITERS: usize = 4;
+    const BURSTS: usize = 250;
+    const BURST: usize = 10;
+    let brokers = brokers();
+    let db = TestDatabase::create().await;
+    let store = db.store().await;
+    let topic = unique("dcb-relay-bursts");
+    create_topic(&brokers, &topic, 1).await;
+    for start in (0..BACKLOG).step_by(100) {
+        let records = (start..start + 100)
+            .map(|n| record("Tick", "backlog", n))
+            .collect();
+        store.append(records, None).await.unwrap();
+    }
+    let relay = EventRelay::new("bursts", KafkaConfig::new(&brokers))
+        .route(Route::new(Query::all(), &topic).key_tag("k"))
+        .config(
+            RelayConfig::default()
+                .batch_size(8)
+                .max_in_flight(200)
+                .poll_interval(Duration::from_millis(50)),
+        )
+        .start(&store)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for b in 0..BURSTS {
+                    let records = (0..BURST)
+                        .map(|i| {
+                            record(
+                                "Tick",
+                                &format!("w{w}"),
+                                BACKLOG + (w * BURSTS + b) * BURST + i,
+                            )
+                        })
+                        .collect();
+                    store.append(records, None).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..3))).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    wait_published(&relay, &store).await;
+    let status = relay.status().await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(status.failures, 0, "{status:?}");
+
+    let total = BACKLOG + WRITERS * BURSTS * BURST;
+    let received: Vec<u64> = read_to_end(&brokers, &topic)
+        .await
+        .iter()
+        .map(|m| m.position())
+        .collect();
+    let expected: Vec<u64> = (1..=total as u64).collect();
+    if received != expected {
+        let seen: BTreeSet<u64> = received.iter().copied().collect();
+        let missing: Vec<u64> = expected
+            .iter()
+            .filter(|p| !seen.contains(p))
+            .copied()
+            .collect();
+        panic!(
+            "{} messages for {total} events; missing positions {:?}{}",
+            received.len(),
+            &missing[..missing.len().min(20)],
+            if missing.is_empty() {
+                " (none: duplicates or out of order)"
+            } else {
+                ""
+            }
         );
     }
     db.cleanup().await;

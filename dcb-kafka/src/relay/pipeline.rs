@@ -312,8 +312,11 @@ async fn lead(
     let mut written = start;
     let mut last_write = Instant::now();
     let mut backlog = true;
-    let mut reading: Option<BoxFuture<'static, Result<Batch, StoreError>>> = None;
+    // Reads in flight, oldest first, each with the position it reads after.
+    let mut reading: VecDeque<InFlightRead> = VecDeque::new();
     let mut read_failures = 0u32;
+    // The last read stopped at its limit: more of the log waits.
+    let mut full_reads = false;
     let mut read_again_at: Option<Instant> = None;
     let mut writing: Option<BoxFuture<'static, Written>> = None;
     let mut renew_at = Instant::now() + config.lease_ttl / 3;
@@ -326,30 +329,27 @@ async fn lead(
         // what the last read brought: the next read then runs (on a task of
         // its own) while this one's events are handed to the producer.
         if draining.is_none()
-            && reading.is_none()
+            && reading.is_empty()
             && backlog
             && buffer.len() < 2 * config.batch_size
             && read_again_at.is_none_or(|at| Instant::now() >= at)
         {
             backlog = false;
             read_again_at = None;
-            let reader = tokio::spawn(read(
-                shared.log.clone(),
-                shared.read_query.clone(),
-                how,
-                read_from,
-                config.batch_size,
-            ));
-            reading = Some(
-                async move {
-                    reader.await.unwrap_or_else(|e| {
-                        Err(StoreError::Backend {
-                            source: format!("the read task failed: {e}").into(),
-                        })
-                    })
-                }
-                .boxed(),
-            );
+            reading.push_back(InFlightRead::start(shared, how, read_from));
+        }
+        // While draining a backlog by scanning, read the next range of the
+        // log too (positions are gapless, so it starts where a full read
+        // of this one ends); its events are kept only if the read before
+        // it did end there.
+        if draining.is_none()
+            && how == ReadHow::Scan
+            && full_reads
+            && (1..READS_IN_FLIGHT).contains(&reading.len())
+            && buffer.len() < 2 * config.batch_size
+        {
+            let after = reading.back().map_or(read_from, |r| r.after) + config.batch_size as u64;
+            reading.push_back(InFlightRead::start(shared, how, after));
         }
         // Send what was read, in order, while there is room.
         if draining.is_none() {
@@ -451,12 +451,16 @@ async fn lead(
                     }
                 }
             }
-            Some(result) = maybe(&mut reading) => {
-                reading = None;
+            (after, result) = first_read(&mut reading) => {
+                reading.pop_front();
                 match result {
+                    // Read after a position this read did not end at: a
+                    // read behind it fell short of its range.
+                    Ok(_) if after != read_from => full_reads = false,
                     Ok(batch) => {
                         read_failures = 0;
                         how = how.next(&batch, read_from);
+                        full_reads = batch.full;
                         // A NOTIFY during the read may be for events past
                         // what it saw.
                         backlog = backlog || batch.full;
@@ -471,6 +475,8 @@ async fn lead(
                         read_failures = read_failures.saturating_add(1);
                         let delay = config.backoff.delay(read_failures);
                         tracing::warn!(%error, ?delay, "cannot read the log; trying again");
+                        reading.clear();
+                        full_reads = false;
                         backlog = true;
                         read_again_at = Some(Instant::now() + delay);
                     }
@@ -596,6 +602,47 @@ fn send(
         first,
         rest,
     })
+}
+
+/// At most this many reads of the log in flight: while one read's rows are
+/// decoded and sent, the database answers the next.
+const READS_IN_FLIGHT: usize = 2;
+
+/// A read of the log running on a task of its own.
+struct InFlightRead {
+    /// The position it reads after.
+    after: u64,
+    result: BoxFuture<'static, Result<Batch, StoreError>>,
+}
+
+impl InFlightRead {
+    fn start(shared: &Shared, how: ReadHow, after: u64) -> Self {
+        let reader = tokio::spawn(read(
+            shared.log.clone(),
+            shared.read_query.clone(),
+            how,
+            after,
+            shared.config.batch_size,
+        ));
+        let result = async move {
+            reader.await.unwrap_or_else(|e| {
+                Err(StoreError::Backend {
+                    source: format!("the read task failed: {e}").into(),
+                })
+            })
+        }
+        .boxed();
+        InFlightRead { after, result }
+    }
+}
+
+/// The oldest read's position and result, once it is done; pending forever
+/// without one.
+async fn first_read(reading: &mut VecDeque<InFlightRead>) -> (u64, Result<Batch, StoreError>) {
+    match reading.front_mut() {
+        Some(read) => (read.after, (&mut read.result).await),
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads up to `limit` events after `after` (matching `query`, or any when
