@@ -338,10 +338,8 @@ impl EventRelay {
         sql::migrate(&pool, store.schema()).await?;
         let table = RelayTable::new(pool.clone(), store.schema())?;
         table.ensure(&self.id).await?;
-        // The relay's own producer checks that a broker answers, which
-        // also gets it ready for its first send.
         let producer = producer::Slot::new(&self.kafka)?;
-        producer.connect(&self.kafka, &self.routes[0].topic).await?;
+        let first_topic = self.routes[0].topic.clone();
 
         let read_query = self
             .routes
@@ -350,6 +348,7 @@ impl EventRelay {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (acked, _) = watch::channel(0u64);
         let (wake, _) = watch::channel(0u64);
+        let (connected, _) = watch::channel(false);
         let shared = Arc::new(pipeline::Shared {
             id: self.id.clone(),
             routes: self
@@ -368,6 +367,7 @@ impl EventRelay {
             producer,
             acked,
             wake,
+            connected,
             leading: AtomicBool::new(false),
             published: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -379,12 +379,26 @@ impl EventRelay {
                 .instrument(span.clone()),
         );
         let task = tokio::spawn(pipeline::run(shared.clone()).instrument(span));
-        Ok(RelayHandle {
+        let handle = RelayHandle {
             shared,
             shutdown,
             task,
             notifier,
-        })
+        };
+        // The relay's own producer checks that a broker answers, which
+        // also gets it ready for its first send; the task reads the log
+        // meanwhile and sends once this is done.
+        if let Err(error) = handle
+            .shared
+            .producer
+            .connect(&self.kafka, &first_topic)
+            .await
+        {
+            handle.shutdown().await;
+            return Err(error);
+        }
+        handle.shared.connected.send_replace(true);
+        Ok(handle)
     }
 }
 

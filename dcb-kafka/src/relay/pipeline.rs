@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     pub(crate) acked: watch::Sender<u64>,
     /// Bumped on every `NOTIFY` of the store.
     pub(crate) wake: watch::Sender<u64>,
+    /// Set once `start` found a broker with the first producer (which got
+    /// it ready to send).
+    pub(crate) connected: watch::Sender<bool>,
     pub(crate) leading: AtomicBool,
     pub(crate) published: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -294,16 +297,9 @@ async fn lead(
     let producer = shared.producer.current();
     let mut shutdown = shared.shutdown.clone();
     let mut wake = shared.wake.subscribe();
-    // Bounded well within the lease, which is only renewed further down.
-    let warm_up = (config.lease_ttl / 4).min(WARM_UP_TIMEOUT);
-    tokio::select! {
-        warmed = producer::warm_up(&producer, &shared.routes[0].topic, warm_up) => {
-            if let Err(error) = warmed {
-                tracing::debug!(%error, "the producer's warm-up found no broker");
-            }
-        }
-        _ = shutdown.changed() => return LeadEnd::Shutdown,
-    }
+    // Sends wait until the producer is ready; reads do not, so the log is
+    // read ahead meanwhile (up to a window's worth).
+    let mut warming = Some(get_ready(shared, &producer));
 
     // The pipeline: acknowledgements in the order the events were sent.
     let mut pipeline: FuturesOrdered<Ack> = FuturesOrdered::new();
@@ -332,10 +328,15 @@ async fn lead(
         // Read ahead while less than two reads' worth waits, before sending
         // what the last read brought: the next read then runs (on a task of
         // its own) while this one's events are handed to the producer.
+        let read_ahead = if warming.is_some() {
+            config.max_in_flight.max(2 * config.batch_size)
+        } else {
+            2 * config.batch_size
+        };
         if draining.is_none()
             && reading.is_empty()
             && backlog
-            && buffer.len() < 2 * config.batch_size
+            && buffer.len() < read_ahead
             && read_again_at.is_none_or(|at| Instant::now() >= at)
         {
             backlog = false;
@@ -350,13 +351,13 @@ async fn lead(
             && how == ReadHow::Scan
             && full_reads
             && (1..READS_IN_FLIGHT).contains(&reading.len())
-            && buffer.len() < 2 * config.batch_size
+            && buffer.len() < read_ahead
         {
             let after = reading.back().map_or(read_from, |r| r.after) + config.batch_size as u64;
             reading.push_back(InFlightRead::start(shared, how, after));
         }
         // Send what was read, in order, while there is room.
-        if draining.is_none() {
+        if draining.is_none() && warming.is_none() {
             // One clock reading per 256 sends: handing an event over takes
             // about a microsecond, so it is never more than a millisecond
             // or so old, far inside the lease's margin.
@@ -447,6 +448,7 @@ async fn lead(
                     break LeadEnd::Failed(error);
                 }
             }
+            Some(()) = maybe(&mut warming) => warming = None,
             Some(done) = maybe(&mut writing) => {
                 writing = None;
                 let (to, sent, result) = done;
@@ -615,6 +617,29 @@ fn send(
         first,
         rest,
     })
+}
+
+/// Waits until `producer` is ready to send: the first producer is got
+/// ready by `start`'s check of the brokers; one that replaced it after a
+/// failure by [`producer::warm_up`] here, within a bound (it then sends
+/// anyway, and its messages wait in its queue).
+fn get_ready(shared: &Shared, producer: &FutureProducer) -> BoxFuture<'static, ()> {
+    let mut connected = shared.connected.subscribe();
+    if !*connected.borrow_and_update() {
+        return async move {
+            let _ = connected.wait_for(|c| *c).await;
+        }
+        .boxed();
+    }
+    let producer = producer.clone();
+    let topic = shared.routes[0].topic.clone();
+    let timeout = (shared.config.lease_ttl / 4).min(WARM_UP_TIMEOUT);
+    async move {
+        if let Err(error) = producer::warm_up(&producer, &topic, timeout).await {
+            tracing::debug!(%error, "the producer's warm-up found no broker");
+        }
+    }
+    .boxed()
 }
 
 /// At most this many reads of the log in flight: while one read's rows are
