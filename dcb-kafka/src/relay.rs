@@ -187,6 +187,14 @@ impl RelayConfig {
 ///   The checkpoint is written every [`RelayConfig::checkpoint_every`]
 ///   acknowledgements or [`RelayConfig::checkpoint_interval`], whichever
 ///   comes first.
+/// - **Reading**: while a backlog is dense (most events match the routes),
+///   the relay reads ranges of the log and keeps the matching events, two
+///   reads of consecutive ranges at a time; the later one is used only if
+///   the one before it ended exactly where it starts (a read that reached
+///   the head drops it), so no event is skipped. Where few events match it
+///   lets the store filter. It starts reading while
+///   [`EventRelay::start`] checks the brokers, and sends once the producer
+///   is ready.
 /// - **Standbys**: when the store has standbys
 ///   ([`PgEventStoreBuilder::standby`](dcb_postgres::PgEventStoreBuilder::standby)),
 ///   the relay reads the log there ([`PgEventStore::standby_reader`]); its
