@@ -205,6 +205,22 @@ pub async fn run(
 /// Steps are only ever added, under the lock, so a complete record read
 /// here stays complete.
 async fn up_to_date(pool: &PgPool, schema: &str, component: &str, steps: &[&str]) -> bool {
+    // Whether the table exists, asked of the catalog tables rather than by
+    // naming it: a statement naming a schema that does not exist yet leaves
+    // the connection's catalog cache sure that it does not, and the locked
+    // pass on that connection could then try to create the schema a
+    // concurrent starter has just created.
+    let exists: Result<bool, sqlx::Error> = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = 'dcb_migrations')",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await;
+    if !matches!(exists, Ok(true)) {
+        return false;
+    }
     let applied: Vec<(i32, Option<String>)> = match sqlx::query_as(&render(
         "SELECT version, checksum FROM {schema}.dcb_migrations WHERE component = $1",
         schema,
