@@ -346,7 +346,13 @@ impl EventRelay {
         sql::migrate(&pool, store.schema()).await?;
         let table = RelayTable::new(pool.clone(), store.schema())?;
         table.ensure(&self.id).await?;
-        let producer = producer::Slot::new(&self.kafka)?;
+        // Every event in flight has at most one message per route.
+        let capacity = self
+            .config
+            .max_in_flight
+            .saturating_mul(self.routes.len())
+            .saturating_add(1);
+        let producer = producer::Slot::new(&self.kafka, capacity)?;
         let first_topic = self.routes[0].topic.clone();
 
         let read_query = self

@@ -9,15 +9,11 @@ use std::time::Duration;
 
 use dcb_core::{EventStore, Position, Query, ReadOptions, SequencedEvent, StoreError};
 use dcb_postgres::StandbyReader;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, Producer};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -102,63 +98,72 @@ impl Lease {
     }
 }
 
-/// One entry of the pipeline; resolves, once the broker answered for each of
-/// its messages, to the position the log is covered up to with it (and
-/// everything before it) and the number of messages, or the first failure
-/// with the index of its route.
-enum Ack {
+/// One entry of the pipeline, in log order.
+enum InFlight {
     /// The log is read up to here (positions without a matching event).
     Covered(u64),
-    /// An event's messages, one per route it matched.
+    /// An event's messages, one per route it matched, numbered from
+    /// `first` on (see [`producer::Deliveries`]).
     Event {
         position: u64,
+        first: u64,
         messages: usize,
-        first: Option<(usize, DeliveryFuture)>,
-        rest: Vec<(usize, DeliveryFuture)>,
     },
 }
 
-type Acked = (u64, Result<usize, (usize, rdkafka::error::KafkaError)>);
+/// What the answers in so far acknowledge, taken from the front of the
+/// pipeline.
+#[derive(Default)]
+struct Taken {
+    /// The log is acknowledged up to here (if it moved).
+    acked: Option<u64>,
+    /// Messages acknowledged.
+    published: u64,
+    /// The first failed message in log order: its route and error.
+    failed: Option<(usize, rdkafka::error::KafkaError)>,
+}
 
-impl Future for Ack {
-    type Output = Acked;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Acked> {
-        let (position, messages, first, rest) = match &mut *self {
-            Ack::Covered(p) => return Poll::Ready((*p, Ok(0))),
-            Ack::Event {
+/// Takes the front entries of `pipeline` whose messages were all answered
+/// (with the routes of their messages from `routes`), up to the first one
+/// not yet answered or failed.
+fn take_answered(
+    pipeline: &mut VecDeque<InFlight>,
+    routes: &mut VecDeque<usize>,
+    sent_at: &mut VecDeque<Instant>,
+    deliveries: &producer::Deliveries,
+) -> Taken {
+    let mut taken = Taken::default();
+    while let Some(front) = pipeline.front() {
+        match *front {
+            InFlight::Covered(p) => taken.acked = Some(p),
+            InFlight::Event {
                 position,
-                messages,
                 first,
-                rest,
-            } => (*position, *messages, first, rest),
-        };
-        let answered =
-            |delivery: &mut DeliveryFuture, cx: &mut Context<'_>| match Pin::new(delivery).poll(cx)
-            {
-                Poll::Pending => None,
-                Poll::Ready(Ok(Ok(_))) => Some(Ok(())),
-                Poll::Ready(Ok(Err((e, _)))) => Some(Err(e)),
-                Poll::Ready(Err(_)) => Some(Err(rdkafka::error::KafkaError::Canceled)),
-            };
-        if let Some((route, delivery)) = first {
-            match answered(delivery, cx) {
-                None => return Poll::Pending,
-                Some(Err(e)) => return Poll::Ready((position, Err((*route, e)))),
-                Some(Ok(())) => *first = None,
-            }
-        }
-        while let Some((route, delivery)) = rest.last_mut() {
-            match answered(delivery, cx) {
-                None => return Poll::Pending,
-                Some(Err(e)) => return Poll::Ready((position, Err((*route, e)))),
-                Some(Ok(())) => {
-                    rest.pop();
+                messages,
+            } => {
+                for (k, route) in routes.iter().take(messages).enumerate() {
+                    let seq = first + k as u64;
+                    match deliveries.get(seq) {
+                        producer::Delivery::Pending => return taken,
+                        producer::Delivery::Failed => {
+                            taken.failed = Some((*route, deliveries.error(seq)));
+                            return taken;
+                        }
+                        producer::Delivery::Delivered => {}
+                    }
                 }
+                for k in 0..messages {
+                    deliveries.reset(first + k as u64);
+                }
+                routes.drain(..messages);
+                taken.acked = Some(position);
+                taken.published += messages as u64;
             }
         }
-        Poll::Ready((position, Ok(messages)))
+        pipeline.pop_front();
+        sent_at.pop_front();
     }
+    taken
 }
 
 /// A checkpoint write: the position written, when the request was sent,
@@ -301,8 +306,12 @@ async fn lead(
     // read ahead meanwhile (up to a window's worth).
     let mut warming = Some(get_ready(shared, &producer));
 
-    // The pipeline: acknowledgements in the order the events were sent.
-    let mut pipeline: FuturesOrdered<Ack> = FuturesOrdered::new();
+    // The pipeline: what was sent, in log order, with the route of each of
+    // its messages.
+    let deliveries = producer.context().deliveries().clone();
+    let mut pipeline: VecDeque<InFlight> = VecDeque::new();
+    let mut routes: VecDeque<usize> = VecDeque::new();
+    let mut next_seq = 0u64;
     let mut sent_at: VecDeque<Instant> = VecDeque::new();
     let mut buffer: VecDeque<Item> = VecDeque::new();
     let mut scratch = Vec::new();
@@ -367,8 +376,8 @@ async fn lead(
                 let Some(item) = buffer.pop_front() else {
                     break;
                 };
-                let ack = match item {
-                    Item::Covered(p) => Ack::Covered(p),
+                let entry = match item {
+                    Item::Covered(p) => InFlight::Covered(p),
                     Item::Event(event) => {
                         sends = sends.wrapping_add(1);
                         if sends % 256 == 0 {
@@ -377,8 +386,15 @@ async fn lead(
                         if !lease.is_valid_at(now) {
                             break;
                         }
-                        match send(shared, &producer, &event, &mut scratch) {
-                            Ok(ack) => ack,
+                        match send(
+                            shared,
+                            &producer,
+                            &event,
+                            &mut scratch,
+                            &mut next_seq,
+                            &mut routes,
+                        ) {
+                            Ok(entry) => entry,
                             Err(error) => {
                                 return stop(shared, owner, acked, written, LeadEnd::Failed(error))
                                     .await;
@@ -386,12 +402,30 @@ async fn lead(
                         }
                     }
                 };
-                pipeline.push_back(ack);
+                pipeline.push_back(entry);
                 sent_at.push_back(now);
             }
             if !lease.is_valid() {
                 break LeadEnd::Lost;
             }
+        }
+        // Take every answer already in.
+        let taken = take_answered(&mut pipeline, &mut routes, &mut sent_at, &deliveries);
+        if let Some(to) = taken.acked {
+            acked = to;
+            shared.acked.send_replace(acked);
+        }
+        if taken.published > 0 {
+            shared
+                .published
+                .fetch_add(taken.published, Ordering::Relaxed);
+            *failures_in_a_row = 0;
+        }
+        if let Some((route, source)) = taken.failed {
+            break LeadEnd::Failed(KafkaError::Delivery {
+                topic: shared.routes[route].topic.clone(),
+                source,
+            });
         }
         // Write the checkpoint when enough was acknowledged (or on the timer
         // below).
@@ -416,38 +450,7 @@ async fn lead(
             (acked > written && writing.is_none()).then(|| last_write + config.checkpoint_interval);
         tokio::select! {
             biased;
-            Some(first) = pipeline.next(), if !pipeline.is_empty() => {
-                // Take every acknowledgement already in, not one per turn of
-                // the loop.
-                let mut next = Some(first);
-                let mut published = 0;
-                let mut failed = None;
-                while let Some((covered, result)) = next.take() {
-                    sent_at.pop_front();
-                    match result {
-                        Ok(messages) => {
-                            acked = covered;
-                            published += messages as u64;
-                        }
-                        Err((route, source)) => {
-                            failed = Some(KafkaError::Delivery {
-                                topic: shared.routes[route].topic.clone(),
-                                source,
-                            });
-                            break;
-                        }
-                    }
-                    next = pipeline.next().now_or_never().flatten();
-                }
-                if published > 0 {
-                    shared.published.fetch_add(published, Ordering::Relaxed);
-                    shared.acked.send_replace(acked);
-                    *failures_in_a_row = 0;
-                }
-                if let Some(error) = failed {
-                    break LeadEnd::Failed(error);
-                }
-            }
+            _ = deliveries.answered.notified(), if !pipeline.is_empty() => {}
             Some(()) = maybe(&mut warming) => warming = None,
             Some(done) = maybe(&mut writing) => {
                 writing = None;
@@ -563,12 +566,13 @@ async fn stop(shared: &Shared, owner: &str, acked: u64, written: u64, end: LeadE
 /// Hands `event` to the producer for each route it matches.
 fn send(
     shared: &Shared,
-    producer: &FutureProducer,
+    producer: &producer::RelayProducer,
     event: &SequencedEvent,
     scratch: &mut Vec<u8>,
-) -> Result<Ack, KafkaError> {
-    let mut first = None;
-    let mut rest = Vec::new();
+    next_seq: &mut u64,
+    routes: &mut VecDeque<usize>,
+) -> Result<InFlight, KafkaError> {
+    let first = *next_seq;
     let mut messages = 0;
     for (index, route) in shared.routes.iter().enumerate() {
         if !route
@@ -593,29 +597,31 @@ fn send(
         };
         headers::each_header(shared.cloud_events.as_deref(), event, scratch, &mut add);
         trace::each_header(context.as_ref(), &mut add);
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&route.topic)
-            .payload(event.record.payload.as_slice())
-            .headers(owned);
+        let seq = first + messages as u64;
+        let mut record: BaseRecord<'_, str, [u8], usize> =
+            BaseRecord::with_opaque_to(&route.topic, seq as usize)
+                .payload(event.record.payload.as_slice())
+                .headers(owned);
         if let Some(key) = key {
             record = record.key(key);
         }
-        match producer.send_result(record) {
-            Ok(delivery) if first.is_none() => first = Some((index, delivery)),
-            Ok(delivery) => rest.push((index, delivery)),
-            Err((source, _)) => {
-                return Err(KafkaError::Delivery {
-                    topic: route.topic.clone(),
-                    source,
-                })
-            }
+        if let Err((source, _)) = producer.send(record) {
+            // Messages of this event already handed over stay counted, so
+            // their answers are never mistaken for a later message's.
+            *next_seq = seq;
+            return Err(KafkaError::Delivery {
+                topic: route.topic.clone(),
+                source,
+            });
         }
+        routes.push_back(index);
         messages += 1;
     }
-    Ok(Ack::Event {
+    *next_seq = first + messages as u64;
+    Ok(InFlight::Event {
         position: event.position.0,
-        messages,
         first,
-        rest,
+        messages,
     })
 }
 
@@ -623,7 +629,7 @@ fn send(
 /// ready by `start`'s check of the brokers; one that replaced it after a
 /// failure by [`producer::warm_up`] here, within a bound (it then sends
 /// anyway, and its messages wait in its queue).
-fn get_ready(shared: &Shared, producer: &FutureProducer) -> BoxFuture<'static, ()> {
+fn get_ready(shared: &Shared, producer: &Arc<producer::RelayProducer>) -> BoxFuture<'static, ()> {
     let mut connected = shared.connected.subscribe();
     if !*connected.borrow_and_update() {
         return async move {
@@ -815,6 +821,65 @@ mod tests {
             full: true,
             read,
         }
+    }
+
+    /// Entries for events 1..=n (event `e` with `per` messages numbered
+    /// from `(e - 1) * per`, one per route), a `Covered(n + 5)` after them.
+    fn sent(n: u64, per: usize) -> (VecDeque<InFlight>, VecDeque<usize>, VecDeque<Instant>) {
+        let mut pipeline = VecDeque::new();
+        let mut routes = VecDeque::new();
+        for e in 1..=n {
+            pipeline.push_back(InFlight::Event {
+                position: e,
+                first: (e - 1) * per as u64,
+                messages: per,
+            });
+            routes.extend(0..per);
+        }
+        pipeline.push_back(InFlight::Covered(n + 5));
+        let sent_at = pipeline.iter().map(|_| Instant::now()).collect();
+        (pipeline, routes, sent_at)
+    }
+
+    #[test]
+    fn answers_acknowledge_the_log_only_up_to_the_first_message_not_answered() {
+        let deliveries = producer::Deliveries::new(16);
+        let (mut pipeline, mut routes, mut sent_at) = sent(3, 2);
+        // Event 2's messages (2, 3) and event 3's first (4) are answered,
+        // event 1's second (1) is not: nothing is acknowledged yet.
+        for seq in [0, 2, 3, 4] {
+            deliveries.answer(seq, None);
+        }
+        let taken = take_answered(&mut pipeline, &mut routes, &mut sent_at, &deliveries);
+        assert_eq!((taken.acked, taken.published), (None, 0));
+        assert_eq!(pipeline.len(), 4);
+        // Message 1 answered: events 1 and 2 are; event 3 waits for message 5.
+        deliveries.answer(1, None);
+        let taken = take_answered(&mut pipeline, &mut routes, &mut sent_at, &deliveries);
+        assert_eq!((taken.acked, taken.published), (Some(2), 4));
+        assert_eq!((pipeline.len(), routes.len(), sent_at.len()), (2, 2, 2));
+        // The slots taken are free again for the messages 16 further on.
+        assert_eq!(deliveries.get(16), producer::Delivery::Pending);
+        assert_eq!(deliveries.get(4), producer::Delivery::Delivered);
+        deliveries.answer(5, None);
+        let taken = take_answered(&mut pipeline, &mut routes, &mut sent_at, &deliveries);
+        assert_eq!((taken.acked, taken.published), (Some(8), 2));
+        assert!(pipeline.is_empty() && routes.is_empty() && sent_at.is_empty());
+    }
+
+    #[test]
+    fn the_first_failure_in_log_order_stops_with_its_route() {
+        let deliveries = producer::Deliveries::new(16);
+        let (mut pipeline, mut routes, mut sent_at) = sent(3, 2);
+        deliveries.answer(0, None);
+        deliveries.answer(1, None);
+        deliveries.answer(3, Some(rdkafka::error::KafkaError::Canceled));
+        deliveries.answer(2, None);
+        deliveries.answer(4, Some(rdkafka::error::KafkaError::Canceled));
+        let taken = take_answered(&mut pipeline, &mut routes, &mut sent_at, &deliveries);
+        assert_eq!((taken.acked, taken.published), (Some(1), 2));
+        let (route, _) = taken.failed.expect("message 3 failed");
+        assert_eq!(route, 1, "message 3 is event 2's second route");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The relay's producer, and its replacement after a failure.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::{KafkaConfig, KafkaError};
 
@@ -30,11 +31,124 @@ const FORCED: &[(&str, &str)] = &[
 /// batches anyway).
 const DEFAULTS: &[(&str, &str)] = &[("linger.ms", "1")];
 
+/// The relay's producer: librdkafka's, with its own polling thread, telling
+/// each delivery to a [`Deliveries`] rather than to one future per message
+/// (which cost an allocation and a wake-up per message).
+pub(crate) type RelayProducer = ThreadedProducer<DeliveryContext>;
+
+/// What the broker answered for the messages of one producer, by sequence
+/// number: each message is sent with the next number as its opaque value,
+/// and its slot (number modulo the capacity) says pending, delivered or
+/// failed. The pipeline keeps fewer messages in flight than the capacity and
+/// resets a slot when it takes the answer, so a slot is never reused while
+/// its message is in flight. A producer serves one lead only (every lead
+/// that does not end the relay replaces it), so no answer of an earlier
+/// lead can be taken for a message of a later one.
+pub(crate) struct Deliveries {
+    slots: Box<[AtomicU8]>,
+    /// Failed messages' errors, by sequence number (rare).
+    errors: Mutex<Vec<(u64, rdkafka::error::KafkaError)>>,
+    /// Woken on every answer.
+    pub(crate) answered: tokio::sync::Notify,
+}
+
+/// The state of one slot of [`Deliveries`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+const PENDING: u8 = 0;
+const DELIVERED: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Deliveries {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Deliveries {
+            slots: (0..capacity.max(1))
+                .map(|_| AtomicU8::new(PENDING))
+                .collect(),
+            errors: Mutex::new(Vec::new()),
+            answered: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn slot(&self, seq: u64) -> &AtomicU8 {
+        &self.slots[(seq % self.slots.len() as u64) as usize]
+    }
+
+    /// The answer for message `seq`, if there is one yet.
+    pub(crate) fn get(&self, seq: u64) -> Delivery {
+        match self.slot(seq).load(Ordering::Acquire) {
+            DELIVERED => Delivery::Delivered,
+            FAILED => Delivery::Failed,
+            _ => Delivery::Pending,
+        }
+    }
+
+    /// Frees the slot of message `seq` (answered and taken).
+    pub(crate) fn reset(&self, seq: u64) {
+        self.slot(seq).store(PENDING, Ordering::Relaxed);
+    }
+
+    /// The error message `seq` failed with.
+    pub(crate) fn error(&self, seq: u64) -> rdkafka::error::KafkaError {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, e)| e.clone())
+            .unwrap_or(rdkafka::error::KafkaError::Canceled)
+    }
+
+    /// Records the broker's answer for message `seq` (`None`: delivered).
+    pub(crate) fn answer(&self, seq: u64, error: Option<rdkafka::error::KafkaError>) {
+        let state = match error {
+            None => DELIVERED,
+            Some(error) => {
+                self.errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((seq, error));
+                FAILED
+            }
+        };
+        self.slot(seq).store(state, Ordering::Release);
+        self.answered.notify_one();
+    }
+}
+
+/// The producer's context: hands each delivery report to its
+/// [`Deliveries`].
+#[derive(Clone)]
+pub(crate) struct DeliveryContext(Arc<Deliveries>);
+
+impl DeliveryContext {
+    pub(crate) fn deliveries(&self) -> &Arc<Deliveries> {
+        &self.0
+    }
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        self.0
+            .answer(seq as u64, result.as_ref().err().map(|(e, _)| e.clone()));
+    }
+}
+
 /// The producer in use, replaced by a new one (a new producer id) after a
 /// failure.
 pub(crate) struct Slot {
     config: ClientConfig,
-    current: Mutex<FutureProducer>,
+    /// Messages one producer may have in flight at once.
+    capacity: usize,
+    current: Mutex<Arc<RelayProducer>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -44,11 +158,13 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Slot {
-    pub(crate) fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+    /// A producer for up to `capacity` messages in flight.
+    pub(crate) fn new(kafka: &KafkaConfig, capacity: usize) -> Result<Self, KafkaError> {
         let config = kafka.client_config(DEFAULTS, FORCED);
-        let producer = create(&config)?;
+        let producer = create(&config, capacity)?;
         Ok(Slot {
             config,
+            capacity,
             current: Mutex::new(producer),
         })
     }
@@ -64,7 +180,7 @@ impl Slot {
             })
     }
 
-    pub(crate) fn current(&self) -> FutureProducer {
+    pub(crate) fn current(&self) -> Arc<RelayProducer> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -75,7 +191,7 @@ impl Slot {
     /// may land after the pipeline starts again), and puts a new producer
     /// in its place.
     pub(crate) fn replace(&self) {
-        let fresh = match create(&self.config) {
+        let fresh = match create(&self.config, self.capacity) {
             Ok(p) => p,
             Err(error) => {
                 tracing::error!(%error, "cannot create a new producer; keeping the old one");
@@ -110,7 +226,7 @@ impl Slot {
 /// connection to it, and its answer starts the request for the producer id
 /// at once.
 pub(crate) async fn warm_up(
-    producer: &FutureProducer,
+    producer: &Arc<RelayProducer>,
     topic: &str,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -129,8 +245,10 @@ pub(crate) async fn warm_up(
     .map_err(|e| format!("the warm-up task failed: {e}"))?
 }
 
-fn create(config: &ClientConfig) -> Result<FutureProducer, KafkaError> {
+fn create(config: &ClientConfig, capacity: usize) -> Result<Arc<RelayProducer>, KafkaError> {
+    let context = DeliveryContext(Arc::new(Deliveries::new(capacity)));
     config
-        .create()
+        .create_with_context(context)
+        .map(Arc::new)
         .map_err(|e| KafkaError::Config(e.to_string()))
 }
