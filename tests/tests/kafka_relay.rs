@@ -47,6 +47,15 @@ async fn wait_published(relay: &RelayHandle, store: &PgEventStore) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Waits until `relay` has published up to the head, stops it, and checks
+/// that its pipeline never stopped on a failure.
+async fn publish_all_then_stop(relay: RelayHandle, store: &PgEventStore) {
+    wait_published(&relay, store).await;
+    let status = relay.status().await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(status.failures, 0, "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_matching_events_in_position_order_with_headers() {
     let brokers = brokers();
@@ -77,10 +86,7 @@ async fn relay_publishes_matching_events_in_position_order_with_headers() {
             .await
             .unwrap();
     }
-    wait_published(&relay, &store).await;
-    let status = relay.status().await.unwrap();
-    relay.shutdown().await;
-    assert_eq!(status.failures, 0, "{status:?}");
+    publish_all_then_stop(relay, &store).await;
 
     let expected: Vec<usize> = (0..20).filter(|n| n % 3 != 0).collect();
     let received = read_to_end(&brokers, &topic).await;
@@ -136,10 +142,7 @@ async fn sparse_and_dense_stretches_publish_exactly_the_matching_events() {
         .start(&store)
         .await
         .unwrap();
-    wait_published(&relay, &store).await;
-    let status = relay.status().await.unwrap();
-    relay.shutdown().await;
-    assert_eq!(status.failures, 0, "{status:?}");
+    publish_all_then_stop(relay, &store).await;
 
     let expected: Vec<usize> = (0..1800).filter(|n| matches(*n)).collect();
     let received: Vec<usize> = read_to_end(&brokers, &topic)
@@ -195,10 +198,7 @@ async fn concurrent_writers_nothing_skipped_nothing_twice_per_key_order_kept() {
     for w in writers {
         w.await.unwrap();
     }
-    wait_published(&relay, &store).await;
-    let status = relay.status().await.unwrap();
-    relay.shutdown().await;
-    assert_eq!(status.failures, 0, "{status:?}");
+    publish_all_then_stop(relay, &store).await;
 
     let received = read_to_end(&brokers, &topic).await;
     let (distinct, copies) = first_copies_in_position_order(&received);
@@ -274,10 +274,7 @@ async fn a_backlog_drained_while_writers_append_in_bursts_skips_nothing() {
     for w in writers {
         w.await.unwrap();
     }
-    wait_published(&relay, &store).await;
-    let status = relay.status().await.unwrap();
-    relay.shutdown().await;
-    assert_eq!(status.failures, 0, "{status:?}");
+    publish_all_then_stop(relay, &store).await;
 
     let total = BACKLOG + WRITERS * BURSTS * BURST;
     let received: Vec<u64> = read_to_end(&brokers, &topic)

@@ -597,27 +597,23 @@ fn send(
         };
         headers::each_header(shared.cloud_events.as_deref(), event, scratch, &mut add);
         trace::each_header(context.as_ref(), &mut add);
-        let seq = first + messages as u64;
         let mut record: BaseRecord<'_, str, [u8], usize> =
-            BaseRecord::with_opaque_to(&route.topic, seq as usize)
+            BaseRecord::with_opaque_to(&route.topic, *next_seq as usize)
                 .payload(event.record.payload.as_slice())
                 .headers(owned);
         if let Some(key) = key {
             record = record.key(key);
         }
         if let Err((source, _)) = producer.send(record) {
-            // Messages of this event already handed over stay counted, so
-            // their answers are never mistaken for a later message's.
-            *next_seq = seq;
             return Err(KafkaError::Delivery {
                 topic: route.topic.clone(),
                 source,
             });
         }
+        *next_seq += 1;
         routes.push_back(index);
         messages += 1;
     }
-    *next_seq = first + messages as u64;
     Ok(InFlight::Event {
         position: event.position.0,
         first,
