@@ -5,6 +5,7 @@
 mod headers;
 mod pipeline;
 mod producer;
+mod reader;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
